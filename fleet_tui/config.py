@@ -1,0 +1,188 @@
+"""The one settings object: defaults < TOML config file < environment < command-line flags.
+
+The config file lives at ``$XDG_CONFIG_HOME/fleet-tui/config.toml`` (or ``FLEET_TUI_CONFIG``).
+Every component (service, simulator, console, CLI) reads the topic prefixes and limits from
+here, so e.g. switching the shadow prefix for a broker that refuses ``$`` topics is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+APP = "fleet-tui"
+
+
+class ConfigError(ValueError):
+    """A bad config file or value; the message names the file, line and key."""
+
+
+def xdg_dir(kind: str, fallback: str) -> Path:
+    base = os.environ.get(f"XDG_{kind}_HOME") or str(Path.home() / fallback)
+    return Path(base) / APP
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{xdg_dir('DATA', '.local/share') / 'fleet.db'}"
+
+
+def _default_operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "operator"
+
+
+@dataclass
+class ShadowSettings:
+    max_state_bytes: int = 8192
+    max_depth: int = 6
+    max_client_token: int = 64
+    max_payload_bytes: int = 128 * 1024
+    max_inflight_per_client: int = 10
+    prune_converged_desired: bool = False
+    # How long the service may hold accepted-but-unwritten documents (write-behind batch).
+    flush_interval_ms: int = 20
+
+
+@dataclass
+class HealthSettings:
+    telemetry_interval_s: float = 60.0
+    gone_dark_intervals: int = 3
+    heap_free_degraded: int = 40_000
+    heap_free_unhealthy: int = 15_000
+    rssi_degraded: int = -80
+    rssi_unhealthy: int = -90
+    cpu_pct_degraded: float = 85.0
+    cpu_pct_unhealthy: float = 95.0
+    temp_c_degraded: float = 70.0
+    temp_c_unhealthy: float = 85.0
+    errors_degraded: int = 5
+    errors_unhealthy: int = 20
+    bucket_minute_retention_h: int = 24
+    bucket_hour_retention_d: int = 30
+
+
+@dataclass
+class Settings:
+    db: str = field(default_factory=default_db_url)
+    broker: str = "127.0.0.1:1883"
+    shadow_prefix: str = "$aws/things"
+    fleet_prefix: str = "fleet"
+    operator: str = field(default_factory=_default_operator)
+    role: str = "approver"
+    read_only: bool = False
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    keymap: dict[str, str] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    @property
+    def broker_host(self) -> str:
+        return parse_broker(self.broker)[0]
+
+    @property
+    def broker_port(self) -> int:
+        return parse_broker(self.broker)[1]
+
+
+ENV_VARS = {
+    "FLEET_TUI_DB": "db",
+    "FLEET_TUI_BROKER": "broker",
+    "FLEET_TUI_SHADOW_PREFIX": "shadow_prefix",
+    "FLEET_TUI_FLEET_PREFIX": "fleet_prefix",
+    "FLEET_TUI_OPERATOR": "operator",
+    "FLEET_TUI_ROLE": "role",
+    "FLEET_TUI_READ_ONLY": "read_only",
+}
+ROLES = ("viewer", "operator", "approver")
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (``mqtt://`` allowed) -> (host, port)."""
+    raw = text.removeprefix("mqtt://").strip()
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        host, port = raw, "1883"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"broker {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith(key) and "=" in line:
+            return lineno
+    return None
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(value, bool):
+            return value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    elif kind is dict and isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def _apply(target: Any, values: dict[str, Any], source: str, text: str = "",
+           prefix: str = "") -> None:
+    known = {f.name: f for f in fields(target) if f.name != "config_path"}
+    for key, value in values.items():
+        line = _line_of(text, key) if text else None
+        where = f"{source}:{line}" if line else source
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {prefix + key!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{prefix + key}] must be a table")
+            _apply(current, value, source, text, prefix=f"{prefix}{key}.")
+        else:
+            setattr(target, key, _coerce(value, current, f"{where}: {prefix + key}"))
+
+
+def config_path() -> Path:
+    env = os.environ.get("FLEET_TUI_CONFIG")
+    return Path(env) if env else xdg_dir("CONFIG", ".config") / "config.toml"
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings: defaults, then the config file, then env vars, then ``overrides``.
+
+    ``overrides`` holds flag values (None means "flag not given").
+    """
+    settings = Settings()
+    path = path or config_path()
+    if path.exists():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        _apply(settings, data, str(path), text)
+        settings.config_path = path
+    env = {attr: os.environ[var] for var, attr in ENV_VARS.items() if var in os.environ}
+    _apply(settings, env, "environment")
+    _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    if settings.role not in ROLES:
+        raise ConfigError(f"role {settings.role!r}: expected one of {', '.join(ROLES)}")
+    parse_broker(settings.broker)
+    if settings.read_only:
+        settings.role = "viewer"
+    return settings

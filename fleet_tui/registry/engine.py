@@ -1,0 +1,39 @@
+"""Engine creation for SQLite (default) and PostgreSQL, with the pragmas the registry needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+
+def create_registry_engine(url: str) -> Engine:
+    """Create an engine; SQLite files get WAL and their parent directory is created."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = sa.create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL is durable against process crashes (kill -9); only power loss can
+    # lose the last transactions.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # LIKE must be case-sensitive like PostgreSQL's, so globs mean the same on both.
+    cur.execute("PRAGMA case_sensitive_like=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

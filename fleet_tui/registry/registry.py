@@ -1,0 +1,677 @@
+"""The Registry: devices, tags, groups, shadows, releases and the audit log.
+
+This is the only place that writes SQL. Everything goes through SQLAlchemy Core with bound
+parameters; bulk writes are batched (one ``executemany`` per table per batch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from fleet_tui.domain.query import (
+    DeviceRecord,
+    GroupQuery,
+    QuerySyntaxError,
+    SqlTarget,
+    attribute_value,
+    reported_attributes,
+)
+from fleet_tui.domain.version import VersionError, is_version_field, parse_version, version_key
+from fleet_tui.registry import migrate
+from fleet_tui.registry.engine import create_registry_engine
+from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
+from fleet_tui.registry.models import (
+    SOURCE_OPERATOR,
+    SOURCE_REPORTED,
+    Device,
+    Group,
+    GroupMember,
+    Release,
+    Shadow,
+    Tag,
+)
+
+DEVICE = Device.__table__  # type: ignore[attr-defined]
+TAG = Tag.__table__  # type: ignore[attr-defined]
+GROUP = Group.__table__  # type: ignore[attr-defined]
+MEMBER = GroupMember.__table__  # type: ignore[attr-defined]
+SHADOW = Shadow.__table__  # type: ignore[attr-defined]
+RELEASE = Release.__table__  # type: ignore[attr-defined]
+
+GROUP_KINDS = ("static", "dynamic", "folder")
+ORDER_COLUMNS = ("id", "firmware_version", "hardware_rev", "online", "health", "last_seen")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    id: str
+    hardware_rev: str | None
+    firmware_version: str | None
+    online: bool
+    last_seen: float | None
+    health: str | None
+
+
+@dataclass(slots=True)
+class GroupNode:
+    id: int
+    name: str
+    kind: str
+    query: str | None
+    parent_id: int | None
+    description: str
+    children: list[GroupNode] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseInfo:
+    version: str
+    url: str
+    sha256: str
+    size: int
+    hardware_revs: list[str]
+    desired_keys: list[str]
+    notes: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A device to register (validated by the importer or the API)."""
+
+    id: str
+    hardware_rev: str | None = None
+    firmware_version: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    reported: Mapping[str, Any] = field(default_factory=dict)
+
+
+def tag_rows(device_id: str, source: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Tag rows that represent ``values`` (shared by SQL writes and the query tests)."""
+    rows = []
+    for key, raw in values.items():
+        stored = attribute_value(raw)
+        if stored is None:
+            continue
+        text, num = stored
+        vkey = version_key(text) if source == SOURCE_REPORTED and is_version_field(key) else None
+        rows.append(
+            {"device_id": device_id, "source": source, "key": key, "value": text, "num": num,
+             "vkey": vkey}
+        )
+    return rows
+
+
+class Registry:
+    """Access to the fleet registry. Thread-safe as far as the SQLAlchemy engine is."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.target = SqlTarget(DEVICE, TAG, self.dialect)
+        self._groups: dict[str, GroupNode] | None = None
+        self._groups_loaded = 0.0
+        self._known_keys: set[str] | None = None
+
+    @classmethod
+    def open(cls, url: str, *, migrate_schema: bool = True) -> Registry:
+        engine = create_registry_engine(url)
+        if migrate_schema:
+            migrate.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ------------------------------------------------------------------ devices
+
+    def add_devices(
+        self, devices: Iterable[NewDevice], *, conn: Connection | None = None, batch: int = 20_000
+    ) -> int:
+        """Insert devices with their tags in batches; one transaction. Duplicates -> Conflict."""
+        if conn is None:
+            with self.transaction() as own:
+                return self.add_devices(devices, conn=own, batch=batch)
+        now = time.time()
+        count = 0
+        dev_rows: list[dict[str, Any]] = []
+        tags: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if not dev_rows:
+                return
+            try:
+                with conn.begin_nested():
+                    conn.execute(DEVICE.insert(), dev_rows)
+            except sa.exc.IntegrityError:
+                ids = [r["id"] for r in dev_rows]
+                seen = set()
+                dup = next((i for i in ids if i in seen or seen.add(i)), None)  # type: ignore[func-returns-value]
+                if dup is None:
+                    existing = conn.execute(
+                        sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(ids)).limit(1)
+                    ).scalar()
+                    dup = existing
+                raise Conflict(f"device {dup!r} already exists") from None
+            if tags:
+                conn.execute(TAG.insert(), tags)
+            dev_rows.clear()
+            tags.clear()
+
+        for dev in devices:
+            attrs = reported_attributes(dev.reported)
+            dev_rows.append(
+                {
+                    "id": dev.id,
+                    "hardware_rev": dev.hardware_rev,
+                    "firmware_version": dev.firmware_version,
+                    "fw_key": version_key(dev.firmware_version),
+                    "online": False,
+                    "last_seen": None,
+                    "health": None,
+                    "telemetry": None,
+                    "created_at": now,
+                }
+            )
+            tags.extend(tag_rows(dev.id, SOURCE_OPERATOR, dev.tags))
+            tags.extend(tag_rows(dev.id, SOURCE_REPORTED, attrs))
+            count += 1
+            if len(dev_rows) >= batch:
+                flush()
+        flush()
+        return count
+
+    def ensure_device(self, device_id: str, conn: Connection | None = None) -> bool:
+        """Register a device seen on the wire for the first time; True when it was new."""
+        stmt = _insert_ignore(self.dialect, DEVICE).values(
+            id=device_id, online=False, created_at=time.time()
+        )
+        if conn is not None:
+            return bool(conn.execute(stmt).rowcount)
+        with self.transaction() as own:
+            return bool(own.execute(stmt).rowcount)
+
+    def get_device(self, device_id: str) -> DeviceRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(DEVICE).where(DEVICE.c.id == device_id)).first()
+            if row is None:
+                raise NotFound(f"no device {device_id!r}")
+            tags = conn.execute(
+                sa.select(TAG.c.source, TAG.c.key, TAG.c.value).where(TAG.c.device_id == device_id)
+            ).all()
+        return DeviceRecord(
+            id=row.id,
+            firmware_version=row.firmware_version,
+            hardware_rev=row.hardware_rev,
+            online=bool(row.online),
+            health=row.health,
+            tags={t.key: t.value for t in tags if t.source == SOURCE_OPERATOR},
+            reported={t.key: t.value for t in tags if t.source == SOURCE_REPORTED},
+        )
+
+    def set_operator_tags(self, device_id: str, tags: Mapping[str, str | None]) -> None:
+        """Set operator tags; a None value removes the tag."""
+        with self.transaction() as conn:
+            self._require_device(conn, device_id)
+            for key, value in tags.items():
+                conn.execute(
+                    TAG.delete().where(
+                        TAG.c.device_id == device_id,
+                        TAG.c.source == SOURCE_OPERATOR,
+                        TAG.c.key == key,
+                    )
+                )
+                if value is not None:
+                    conn.execute(TAG.insert(), tag_rows(device_id, SOURCE_OPERATOR, {key: value}))
+
+    def apply_reported(
+        self, updates: Mapping[str, Mapping[str, Any]], conn: Connection | None = None
+    ) -> None:
+        """Mirror reported states (full current ``reported`` per device) into the registry."""
+        if conn is None:
+            with self.transaction() as own:
+                return self.apply_reported(updates, own)
+        if not updates:
+            return None
+        ids = list(updates)
+        for device_id in ids:
+            _ = self.ensure_device(device_id, conn)
+        conn.execute(
+            TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
+        )
+        rows: list[dict[str, Any]] = []
+        for device_id, reported in updates.items():
+            rows.extend(tag_rows(device_id, SOURCE_REPORTED, reported_attributes(reported)))
+            fw = reported.get("firmware_version")
+            hw = reported.get("hardware_rev")
+            values: dict[str, Any] = {}
+            if isinstance(fw, str):
+                values.update(firmware_version=fw, fw_key=version_key(fw))
+            if isinstance(hw, str):
+                values["hardware_rev"] = hw
+            if values:
+                conn.execute(DEVICE.update().where(DEVICE.c.id == device_id).values(**values))
+        if rows:
+            conn.execute(TAG.insert(), rows)
+        return None
+
+    def set_presence(
+        self, updates: Sequence[tuple[str, bool, float]], conn: Connection | None = None
+    ) -> None:
+        """Record (device, online, last_seen) for a batch of devices."""
+        if conn is None:
+            with self.transaction() as own:
+                return self.set_presence(updates, own)
+        for device_id, _online, _ts in updates:
+            self.ensure_device(device_id, conn)
+        if updates:
+            conn.execute(
+                DEVICE.update()
+                .where(DEVICE.c.id == sa.bindparam("b_id"))
+                .values(online=sa.bindparam("b_online"), last_seen=sa.bindparam("b_ts")),
+                [{"b_id": d, "b_online": o, "b_ts": t} for d, o, t in updates],
+            )
+        return None
+
+    def _require_device(self, conn: Connection, device_id: str) -> None:
+        if conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id == device_id)).first() is None:
+            raise NotFound(f"no device {device_id!r}")
+
+    def parse_query(self, text: str) -> GroupQuery:
+        """Parse ``text``, refusing bare names that no device reports (with a suggestion)."""
+        if self._known_keys is not None:
+            try:
+                return GroupQuery.parse(text, self._known_keys)
+            except QuerySyntaxError as err:
+                if "unknown field" not in err.message:
+                    raise
+        # A miss may be a key reported since the cache was filled: look again before failing.
+        self._known_keys = self.known_reported_keys()
+        return GroupQuery.parse(text, self._known_keys)
+
+    def known_reported_keys(self) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(TAG.c.key).where(TAG.c.source == SOURCE_REPORTED).distinct()
+            ).scalars()
+            return set(rows)
+
+    def device_filter(
+        self, *, group: str | None = None, where: str | None = None
+    ) -> ColumnElement[bool]:
+        """The predicate over the device table for a group and/or a query."""
+        preds: list[ColumnElement[bool]] = []
+        if group is not None:
+            preds.append(self.group_predicate(group))
+        if where:
+            preds.append(GroupQuery.parse(where).compile(self.target))
+        return sa.and_(sa.true(), *preds)
+
+    def list_devices(
+        self,
+        *,
+        group: str | None = None,
+        where: str | None = None,
+        offset: int = 0,
+        limit: int | None = 50,
+        order_by: str = "id",
+        descending: bool = False,
+    ) -> list[DeviceRow]:
+        """A page of devices (ordered, with ``id`` as the tie-breaker)."""
+        if order_by not in ORDER_COLUMNS:
+            raise RegistryError(f"cannot sort by {order_by!r}: use one of {ORDER_COLUMNS}")
+        col = DEVICE.c.fw_key if order_by == "firmware_version" else DEVICE.c[order_by]
+        order = [col.desc() if descending else col.asc()]
+        if order_by != "id":
+            order.append(DEVICE.c.id.desc() if descending else DEVICE.c.id.asc())
+        stmt = (
+            sa.select(
+                DEVICE.c.id, DEVICE.c.hardware_rev, DEVICE.c.firmware_version, DEVICE.c.online,
+                DEVICE.c.last_seen, DEVICE.c.health,
+            )
+            .where(self.device_filter(group=group, where=where))
+            .order_by(*order)
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                DeviceRow(r.id, r.hardware_rev, r.firmware_version, bool(r.online), r.last_seen,
+                          r.health)
+                for r in conn.execute(stmt)
+            ]
+
+    def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
+            self.device_filter(group=group, where=where)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def device_ids(self, *, group: str | None = None, where: str | None = None) -> list[str]:
+        stmt = (
+            sa.select(DEVICE.c.id)
+            .where(self.device_filter(group=group, where=where))
+            .order_by(DEVICE.c.id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def device_records(self, ids: Sequence[str] | None = None) -> list[DeviceRecord]:
+        """Full records (with tags), for the in-memory evaluator and planners."""
+        with self.engine.connect() as conn:
+            dev_stmt = sa.select(DEVICE)
+            tag_stmt = sa.select(TAG.c.device_id, TAG.c.source, TAG.c.key, TAG.c.value)
+            if ids is not None:
+                dev_stmt = dev_stmt.where(DEVICE.c.id.in_(ids))
+                tag_stmt = tag_stmt.where(TAG.c.device_id.in_(ids))
+            records = {
+                r.id: DeviceRecord(r.id, r.firmware_version, r.hardware_rev, bool(r.online),
+                                   r.health)
+                for r in conn.execute(dev_stmt.order_by(DEVICE.c.id))
+            }
+            for t in conn.execute(tag_stmt):
+                rec = records.get(t.device_id)
+                if rec is not None:
+                    (rec.tags if t.source == SOURCE_OPERATOR else rec.reported)[t.key] = t.value
+        return list(records.values())
+
+    # ------------------------------------------------------------------- groups
+
+    def _load_groups(self, force: bool = False) -> dict[str, GroupNode]:
+        # Group definitions are small and read on every membership query, so they are
+        # cached; this process's writes invalidate at once, other processes' within 2 s.
+        if force or self._groups is None or time.monotonic() - self._groups_loaded > 2.0:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(GROUP).order_by(GROUP.c.name)).all()
+            nodes = {
+                r.name: GroupNode(r.id, r.name, r.kind, r.query, r.parent_id, r.description)
+                for r in rows
+            }
+            by_id = {n.id: n for n in nodes.values()}
+            for node in nodes.values():
+                if node.parent_id is not None and node.parent_id in by_id:
+                    by_id[node.parent_id].children.append(node)
+            self._groups = nodes
+            self._groups_loaded = time.monotonic()
+        return self._groups
+
+    def get_group(self, name: str) -> GroupNode:
+        groups = self._load_groups()
+        if name not in groups:
+            groups = self._load_groups(force=True)
+        if name not in groups:
+            hint = _suggest(name, groups)
+            raise NotFound(f"no group {name!r}{hint}")
+        return groups[name]
+
+    def group_tree(self) -> list[GroupNode]:
+        """Root groups with their children (sorted by name)."""
+        groups = self._load_groups(force=True)
+        return [g for g in groups.values() if g.parent_id is None]
+
+    def create_group(
+        self,
+        name: str,
+        *,
+        kind: str | None = None,
+        query: str | None = None,
+        parent: str | None = None,
+        members: Sequence[str] = (),
+        description: str = "",
+        conn: Connection | None = None,
+    ) -> GroupNode:
+        """Create a group. ``kind`` defaults to dynamic with a query, static with members."""
+        kind = kind or ("dynamic" if query else "static" if members else "folder")
+        _validate_group(name, kind, query, members)
+        if conn is None:
+            with self.transaction() as own:
+                node = self.create_group(
+                    name, kind=kind, query=query, parent=parent, members=members,
+                    description=description, conn=own,
+                )
+            self._groups = None
+            return node
+        parent_id = None
+        if parent is not None:
+            parent_id = conn.execute(sa.select(GROUP.c.id).where(GROUP.c.name == parent)).scalar()
+            if parent_id is None:
+                raise NotFound(f"group {name!r}: no parent group {parent!r}")
+        if conn.execute(sa.select(GROUP.c.id).where(GROUP.c.name == name)).first() is not None:
+            raise Conflict(f"group {name!r} already exists")
+        gid = conn.execute(
+            GROUP.insert().values(
+                name=name, kind=kind, query=query, parent_id=parent_id,
+                description=description, created_at=time.time(),
+            )
+        ).inserted_primary_key[0]
+        if members:
+            known = set(
+                conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(list(members)))).scalars()
+            )
+            missing = [m for m in members if m not in known]
+            if missing:
+                raise NotFound(f"group {name!r}: unknown devices {', '.join(missing[:5])}")
+            conn.execute(MEMBER.insert(), [{"group_id": gid, "device_id": m} for m in members])
+        self._groups = None
+        return GroupNode(gid, name, kind, query, parent_id, description)
+
+    def set_group_parent(self, name: str, parent: str | None) -> None:
+        """Move a group under ``parent`` (None: make it a root); refuses cycles."""
+        with self.transaction() as conn:
+            gid = _group_id(conn, name)
+            pid = None if parent is None else _group_id(conn, parent)
+            if pid is not None:
+                # Walk up from the new parent: meeting the group itself means a cycle.
+                ancestors = _ancestor_ids(conn, pid)
+                if gid in ancestors:
+                    raise Conflict(f"group {name!r} cannot be its own ancestor (via {parent!r})")
+            conn.execute(GROUP.update().where(GROUP.c.id == gid).values(parent_id=pid))
+        self._groups = None
+
+    def update_group_query(self, name: str, query: str) -> None:
+        _validate_group(name, "dynamic", query, ())
+        with self.transaction() as conn:
+            gid = _group_id(conn, name)
+            conn.execute(GROUP.update().where(GROUP.c.id == gid).values(query=query,
+                                                                         kind="dynamic"))
+        self._groups = None
+
+    def delete_group(self, name: str) -> None:
+        with self.transaction() as conn:
+            gid = _group_id(conn, name)
+            if conn.execute(sa.select(GROUP.c.id).where(GROUP.c.parent_id == gid)).first():
+                raise Conflict(f"group {name!r} has subgroups: delete or move them first")
+            conn.execute(GROUP.delete().where(GROUP.c.id == gid))
+        self._groups = None
+
+    def group_predicate(self, name: str) -> ColumnElement[bool]:
+        """Membership of a group and all its subgroups as one predicate over ``device``.
+
+        Static members of the whole subtree come from a recursive CTE over ``parent_id``;
+        dynamic subgroups contribute their compiled queries, so the whole tree resolves in
+        one statement.
+        """
+        root = self.get_group(name)
+        tree = (
+            sa.select(GROUP.c.id).where(GROUP.c.id == root.id).cte("tree", recursive=True)
+        )
+        child = GROUP.alias("child")
+        tree = tree.union_all(sa.select(child.c.id).join(tree, child.c.parent_id == tree.c.id))
+        static = DEVICE.c.id.in_(
+            sa.select(MEMBER.c.device_id).where(MEMBER.c.group_id.in_(sa.select(tree.c.id)))
+        )
+        preds: list[ColumnElement[bool]] = []
+        has_static = False
+        for node in _subtree(root):
+            if node.kind == "dynamic" and node.query:
+                preds.append(GroupQuery.parse(node.query).compile(self.target))
+            elif node.kind == "static":
+                has_static = True
+        if has_static:
+            preds.insert(0, static)
+        return sa.or_(sa.false(), *preds)
+
+    # ----------------------------------------------------------------- releases
+
+    def add_release(self, release: ReleaseInfo, conn: Connection | None = None) -> None:
+        try:
+            vkey = parse_version(release.version).key
+        except VersionError as err:
+            raise RegistryError(f"release: {err}") from None
+        values = {
+            "version": release.version, "vkey": vkey, "url": release.url,
+            "sha256": release.sha256.lower(), "size": release.size,
+            "hardware_revs": list(release.hardware_revs),
+            "desired_keys": list(release.desired_keys), "notes": release.notes,
+            "created_at": time.time(),
+        }
+        if conn is None:
+            with self.transaction() as own:
+                return self.add_release(release, own)
+        exists = conn.execute(
+            sa.select(RELEASE.c.version).where(RELEASE.c.version == release.version)
+        ).first()
+        if exists:
+            raise Conflict(f"release {release.version} already exists")
+        conn.execute(RELEASE.insert().values(**values))
+        return None
+
+    def list_releases(self) -> list[ReleaseInfo]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(RELEASE).order_by(RELEASE.c.vkey)).all()
+        return [
+            ReleaseInfo(r.version, r.url, r.sha256, r.size, list(r.hardware_revs),
+                        list(r.desired_keys), r.notes)
+            for r in rows
+        ]
+
+    def get_release(self, version: str) -> ReleaseInfo:
+        for rel in self.list_releases():
+            if rel.version == version:
+                return rel
+        raise NotFound(f"no release {version!r}")
+
+    # ------------------------------------------------------------------ shadows
+
+    def save_shadows(self, docs: Sequence[tuple[str, str, int, dict[str, Any]]]) -> None:
+        """Upsert (thing, name, version, document) rows in one transaction."""
+        if not docs:
+            return
+        now = time.time()
+        rows = [
+            {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
+            for t, n, v, d in docs
+        ]
+        stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
+                       ["version", "document", "updated_at"])
+        with self.transaction() as conn:
+            conn.execute(stmt, rows)
+
+    def delete_shadow(self, thing: str, name: str = "") -> None:
+        with self.transaction() as conn:
+            conn.execute(SHADOW.delete().where(SHADOW.c.thing_id == thing, SHADOW.c.name == name))
+
+    def load_shadows(self) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
+        with self.engine.connect() as conn:
+            for r in conn.execute(sa.select(SHADOW)):
+                yield r.thing_id, r.name, r.version, r.document
+
+    def get_shadow(self, thing: str, name: str = "") -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(SHADOW.c.document).where(SHADOW.c.thing_id == thing,
+                                                   SHADOW.c.name == name)
+            ).scalar()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+    from difflib import get_close_matches
+
+    hint = get_close_matches(name, list(options), 1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
+
+
+def _validate_group(name: str, kind: str, query: str | None, members: Sequence[str]) -> None:
+    if not name or len(name) > 128 or not name.isprintable():
+        raise RegistryError(f"group name {name!r}: 1-128 printable characters")
+    if kind not in GROUP_KINDS:
+        raise RegistryError(f"group {name!r}: kind must be one of {', '.join(GROUP_KINDS)}")
+    if kind == "dynamic":
+        if not query:
+            raise RegistryError(f"group {name!r}: a dynamic group needs a query")
+        try:
+            GroupQuery.parse(query)
+        except QuerySyntaxError as err:
+            raise RegistryError(f"group {name!r}: query {err}") from None
+    elif query:
+        raise RegistryError(f"group {name!r}: only dynamic groups have a query")
+    if members and kind != "static":
+        raise RegistryError(f"group {name!r}: only static groups list members")
+
+
+def _group_id(conn: Connection, name: str) -> int:
+    gid = conn.execute(sa.select(GROUP.c.id).where(GROUP.c.name == name)).scalar()
+    if gid is None:
+        names = conn.execute(sa.select(GROUP.c.name)).scalars()
+        raise NotFound(f"no group {name!r}{_suggest(name, names)}")
+    return int(gid)
+
+
+def _ancestor_ids(conn: Connection, gid: int) -> set[int]:
+    up = sa.select(GROUP.c.id, GROUP.c.parent_id).where(GROUP.c.id == gid).cte(
+        "up", recursive=True
+    )
+    parent = GROUP.alias("parent")
+    up = up.union_all(
+        sa.select(parent.c.id, parent.c.parent_id).join(up, parent.c.id == up.c.parent_id)
+    )
+    return set(conn.execute(sa.select(up.c.id)).scalars())
+
+
+def _subtree(node: GroupNode) -> Iterator[GroupNode]:
+    yield node
+    for child in node.children:
+        yield from _subtree(child)
+
+
+def _insert_ignore(dialect: str, table: sa.Table) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str]) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(table)
+        return pg.on_conflict_do_update(
+            index_elements=keys, set_={c: getattr(pg.excluded, c) for c in update}
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    lite = sqlite_insert(table)
+    return lite.on_conflict_do_update(
+        index_elements=keys, set_={c: getattr(lite.excluded, c) for c in update}
+    )
+
