@@ -45,7 +45,8 @@ RELEASES = (
                 "new radio driver; rev-a's flash is too small"),
     ReleaseSpec("2.4.0", ("rev-a", "rev-b", "rev-c"),
                 ("led_is_on", "telemetry_interval_s", "log_level"),
-                "watchdog rework (crash-loops on rev-b: the bad-canary drill)", crash_on_hw="rev-b"),
+                "watchdog rework (crash-loops on rev-b: the bad-canary drill)",
+                crash_on_hw="rev-b"),
     ReleaseSpec("2.4.1", ("rev-a", "rev-b", "rev-c"),
                 ("led_is_on", "telemetry_interval_s", "log_level"), "2.4.0 with the rev-b fix"),
 )

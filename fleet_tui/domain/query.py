@@ -274,8 +274,8 @@ class _Parser:
                 self.take()
                 values.append(self.parse_value(after=","))
             self.expect("rparen", "',' or ')'")
-            node: Node = In(ref, tuple(values))
-            return Not(node) if negate else node
+            found: Node = In(ref, tuple(values))
+            return Not(found) if negate else found
         raise self.error(
             f"expected an operator (= != < <= > >= ~ in) after {str(ref)!r}, "
             f"found {_describe(op)}"
@@ -402,7 +402,7 @@ def _plan(ref: FieldRef, op: str, value: Value) -> _Plan:
     if value.kind == "bool" and ordering:
         raise QuerySyntaxError(value.col, f"cannot order by a boolean with '{op}'")
     if ref.is_version:
-        if ordering or value.kind == "bare":
+        if ordering or value.kind in ("bare", "number"):
             return _Plan("vkey", base_op, _version_operand(value))
         return _Plan("text", "=", value.text)
     if value.kind == "number" and ref.kind != "column":
@@ -477,7 +477,8 @@ def evaluate(node: Node, record: DeviceRecord) -> bool:
     if isinstance(node, Glob):
         _check_glob(node)
         found = _lookup(record, node.field)
-        return found is not None and glob_to_regex(node.pattern.text).fullmatch(found[0]) is not None
+        pattern = glob_to_regex(node.pattern.text)
+        return found is not None and pattern.fullmatch(found[0]) is not None
     if isinstance(node, Has):
         return _lookup(record, node.field) is not None
     raise TypeError(f"not a query node: {node!r}")
@@ -546,10 +547,12 @@ def _sql_compare(ref: FieldRef, op: str, value: Value, target: SqlTarget) -> Col
         expr = sa.and_(col.is_not(None), _sql_op(_text(col, target), plan.op, plan.operand))
     else:
         tag = target.tag.c
-        col = {"text": tag.value, "num": tag.num, "vkey": tag.vkey}[plan.target]
+        stored: ColumnElement[Any] = {"text": tag.value, "num": tag.num, "vkey": tag.vkey}[
+            plan.target
+        ]
         if plan.target != "num":
-            col = _text(col, target)
-        expr = _tag_subquery(ref, target, _sql_op(col, plan.op, plan.operand))
+            stored = _text(stored, target)
+        expr = _tag_subquery(ref, target, _sql_op(stored, plan.op, plan.operand))
     return sa.not_(expr) if op == "!=" else expr
 
 
@@ -620,12 +623,13 @@ class GroupQuery:
                         _plan(node.field, "=", v)
                 elif isinstance(node, Glob):
                     _check_glob(node)
-                ref = getattr(node, "field", None)
-                if known is not None and ref is not None and ref.kind == "reported":
-                    if ref.name not in known:
-                        hint = get_close_matches(ref.name, sorted(known | set(COLUMN_FIELDS)), 1)
-                        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-                        raise QuerySyntaxError(ref.col, f"unknown field {ref.name!r}{extra}")
+                ref: FieldRef | None = getattr(node, "field", None)
+                if (known is not None and ref is not None and ref.kind == "reported"
+                        and ref.name not in known):
+                    options = sorted((known or set()) | set(COLUMN_FIELDS))
+                    hint = get_close_matches(ref.name, options, 1)
+                    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                    raise QuerySyntaxError(ref.col, f"unknown field {ref.name!r}{extra}")
         except QuerySyntaxError as err:
             raise QuerySyntaxError(err.col, err.message, text) from None
         return cls(text, ast)

@@ -196,7 +196,7 @@ def parse_client_token(
 ) -> str | None:
     """The ``clientToken`` of a ``/get`` or ``/delete`` request (whose body is otherwise
     ignored); an empty body has none. Raises 400 for a body that is not a JSON object or
-    carries an invalid token."""
+    carries an invalid token, and 413/415 as :func:`parse_request` does."""
     if not payload or not bytes(payload).strip():
         return None
     doc = _decode(payload, limits)
@@ -616,7 +616,13 @@ class ShadowDocument:
             desired, desired_meta = _prune(desired, desired_meta, reported)
 
         new_state = _sections(desired, reported)
-        if len(orjson.dumps(new_state)) > limits.max_state_bytes:
+        try:
+            size = len(orjson.dumps(new_state))
+        except orjson.JSONEncodeError:
+            # Only reachable with a hand-built request (e.g. an int beyond 64 bits): the
+            # decoder never produces what the encoder refuses.
+            raise ShadowError(400, MSG_INVALID_NODE, token) from None
+        if size > limits.max_state_bytes:
             raise ShadowError(413, MSG_TOO_LARGE, token)
         # Merging cannot nest deeper than the old document or the request did, so the exact
         # (costly) walk is only needed when that bound is over the limit, e.g. after the
@@ -723,8 +729,8 @@ class ShadowDocument:
     def from_dict(cls, data: Mapping[str, Json]) -> ShadowDocument:
         """Rebuild a document stored with :meth:`to_dict` (deep-copied, so ``data`` stays the
         caller's). Raises ``ValueError`` for data of the wrong shape."""
-        state = data.get("state") or {}
-        metadata = data.get("metadata") or {}
+        state = data.get("state", {})
+        metadata = data.get("metadata", {})
         version = data.get("version", 0)
         timestamp = data.get("timestamp", 0)
         if type(state) is not dict or type(metadata) is not dict:
@@ -736,7 +742,7 @@ class ShadowDocument:
             if not set(node) <= {"desired", "reported"}:
                 raise ValueError(f"shadow document: unexpected key in {name}")
             for section in ("desired", "reported"):
-                value = node.get(section) or {}
+                value = node.get(section, {})
                 if type(value) is not dict:
                     raise ValueError(f"shadow document: {name}.{section} must be an object")
                 parts[f"{name}.{section}"] = _copy(value)

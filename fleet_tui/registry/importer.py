@@ -44,7 +44,8 @@ def _device(file: str, row: int, data: Any) -> NewDevice:
         raise fail(None, "expected a JSON object")
     unknown = set(data) - DEVICE_FIELDS
     if unknown:
-        raise fail(sorted(unknown)[0], f"unknown field (expected {', '.join(sorted(DEVICE_FIELDS))})")
+        expected = ", ".join(sorted(DEVICE_FIELDS))
+        raise fail(sorted(unknown)[0], f"unknown field (expected {expected})")
     dev_id = data.get("id")
     if not isinstance(dev_id, str) or not THING_NAME.match(dev_id):
         raise fail("id", f"{dev_id!r} is not a valid thing name ([A-Za-z0-9:_-], 1-128)")

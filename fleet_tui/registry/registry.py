@@ -285,6 +285,24 @@ class Registry:
             )
         return None
 
+    def set_health(
+        self,
+        updates: Sequence[tuple[str, str | None, dict[str, Any] | None]],
+        conn: Connection | None = None,
+    ) -> None:
+        """Record (device, health state, latest telemetry) for a batch of devices."""
+        if conn is None:
+            with self.transaction() as own:
+                return self.set_health(updates, own)
+        if updates:
+            conn.execute(
+                DEVICE.update()
+                .where(DEVICE.c.id == sa.bindparam("b_id"))
+                .values(health=sa.bindparam("b_health"), telemetry=sa.bindparam("b_tel")),
+                [{"b_id": d, "b_health": h, "b_tel": t} for d, h, t in updates],
+            )
+        return None
+
     def _require_device(self, conn: Connection, device_id: str) -> None:
         if conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id == device_id)).first() is None:
             raise NotFound(f"no device {device_id!r}")
@@ -451,12 +469,14 @@ class Registry:
                 raise NotFound(f"group {name!r}: no parent group {parent!r}")
         if conn.execute(sa.select(GROUP.c.id).where(GROUP.c.name == name)).first() is not None:
             raise Conflict(f"group {name!r} already exists")
-        gid = conn.execute(
+        inserted = conn.execute(
             GROUP.insert().values(
                 name=name, kind=kind, query=query, parent_id=parent_id,
                 description=description, created_at=time.time(),
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None
+        gid = inserted[0]
         if members:
             known = set(
                 conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(list(members)))).scalars()

@@ -86,6 +86,9 @@ typedef struct fleet_port {
 
     uint32_t (*random)(void *ctx);
 
+    /* Drives the status LED; may be NULL on boards without one. */
+    void (*set_led)(void *ctx, bool on);
+
     /* One complete log line without newline; the port adds level, time, tag. */
     void (*log)(void *ctx, fleet_log_level_t level, const char *tag, const char *msg);
 } fleet_port_t;

@@ -7,7 +7,6 @@ Create Date: 2026-11-24 10:51:30.920832
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 
@@ -22,26 +21,26 @@ def upgrade() -> None:
     op.create_table('audit_log',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('ts', sa.Float(), nullable=False),
-    sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('role', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('target', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=False),
+    sa.Column('actor', sa.String(length=128), nullable=False),
+    sa.Column('role', sa.String(length=32), nullable=False),
+    sa.Column('action', sa.String(length=64), nullable=False),
+    sa.Column('target', sa.String(length=256), nullable=False),
     sa.Column('details', sa.JSON(), nullable=False),
-    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('prev_hash', sa.String(length=64), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_log_action'), ['action'], unique=False)
 
     op.create_table('device',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('hardware_rev', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('firmware_version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('fw_key', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=True),
+    sa.Column('id', sa.String(length=128), nullable=False),
+    sa.Column('hardware_rev', sa.String(length=64), nullable=True),
+    sa.Column('firmware_version', sa.String(length=64), nullable=True),
+    sa.Column('fw_key', sa.String(length=96), nullable=True),
     sa.Column('online', sa.Boolean(), nullable=False),
     sa.Column('last_seen', sa.Float(), nullable=True),
-    sa.Column('health', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.Column('health', sa.String(length=16), nullable=True),
     sa.Column('telemetry', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -54,11 +53,11 @@ def upgrade() -> None:
 
     op.create_table('fleet_group',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('query', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('query', sa.String(), nullable=True),
     sa.Column('parent_id', sa.Integer(), nullable=True),
-    sa.Column('description', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('description', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.ForeignKeyConstraint(['parent_id'], ['fleet_group.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -68,15 +67,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_fleet_group_parent_id'), ['parent_id'], unique=False)
 
     op.create_table('job',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('job_type', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('job_type', sa.String(length=32), nullable=False),
     sa.Column('document', sa.JSON(), nullable=False),
     sa.Column('target', sa.JSON(), nullable=False),
     sa.Column('settings', sa.JSON(), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('rollout_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.String(), nullable=False),
+    sa.Column('rollout_id', sa.String(length=64), nullable=True),
+    sa.Column('created_by', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -86,8 +85,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_job_status'), ['status'], unique=False)
 
     op.create_table('lease',
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('holder', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('holder', sa.String(length=128), nullable=False),
     sa.Column('expires_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
@@ -107,14 +106,14 @@ def upgrade() -> None:
         batch_op.create_index('ix_metric_bucket_start', ['width', 'start'], unique=False)
 
     op.create_table('release',
-    sa.Column('version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('vkey', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=False),
-    sa.Column('url', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('version', sa.String(length=64), nullable=False),
+    sa.Column('vkey', sa.String(length=96), nullable=False),
+    sa.Column('url', sa.String(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('hardware_revs', sa.JSON(), nullable=False),
     sa.Column('desired_keys', sa.JSON(), nullable=False),
-    sa.Column('notes', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('notes', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('version')
     )
@@ -122,16 +121,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_release_vkey'), ['vkey'], unique=False)
 
     op.create_table('rollout',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('release_version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('previous_version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('group_name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('release_version', sa.String(length=64), nullable=False),
+    sa.Column('previous_version', sa.String(length=64), nullable=True),
+    sa.Column('group_name', sa.String(length=128), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('plan', sa.JSON(), nullable=False),
     sa.Column('gates', sa.JSON(), nullable=False),
     sa.Column('current_wave', sa.Integer(), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('reason', sa.String(), nullable=False),
+    sa.Column('created_by', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -140,8 +139,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_rollout_status'), ['status'], unique=False)
 
     op.create_table('shadow',
-    sa.Column('thing_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('thing_id', sa.String(length=128), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('document', sa.JSON(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
@@ -160,11 +159,11 @@ def upgrade() -> None:
     op.create_table('job_execution',
     sa.Column('job_id', sa.String(length=64), nullable=False),
     sa.Column('device_id', sa.String(length=128), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('version_number', sa.Integer(), nullable=False),
     sa.Column('status_details', sa.JSON(), nullable=True),
-    sa.Column('skip_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('skip_reason', sa.String(), nullable=True),
     sa.Column('queued_at', sa.Float(), nullable=False),
     sa.Column('started_at', sa.Float(), nullable=True),
     sa.Column('updated_at', sa.Float(), nullable=False),
@@ -178,10 +177,10 @@ def upgrade() -> None:
     op.create_table('rollout_wave',
     sa.Column('rollout_id', sa.String(length=64), nullable=False),
     sa.Column('index', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('device_ids', sa.JSON(), nullable=False),
-    sa.Column('job_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('job_id', sa.String(length=64), nullable=True),
     sa.Column('evidence', sa.JSON(), nullable=True),
     sa.Column('approvals', sa.JSON(), nullable=False),
     sa.Column('started_at', sa.Float(), nullable=True),
@@ -193,9 +192,9 @@ def upgrade() -> None:
     sa.Column('device_id', sa.String(length=128), nullable=False),
     sa.Column('source', sa.String(length=1), nullable=False),
     sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('value', sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False),
+    sa.Column('value', sa.String(length=512), nullable=False),
     sa.Column('num', sa.Float(), nullable=True),
-    sa.Column('vkey', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=True),
+    sa.Column('vkey', sa.String(length=96), nullable=True),
     sa.ForeignKeyConstraint(['device_id'], ['device.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('device_id', 'source', 'key')
     )

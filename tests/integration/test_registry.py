@@ -1,0 +1,211 @@
+"""The registry on real SQLite and real PostgreSQL (every test runs on both)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from fleet_tui.registry import migrate
+from fleet_tui.registry.errors import Conflict, FleetImportError, NotFound, RegistryError
+from fleet_tui.registry.importer import import_fleet
+from fleet_tui.registry.registry import NewDevice, Registry
+from tests.conftest import SAMPLE_DATA
+
+
+def sample_devices() -> list[dict]:
+    return [json.loads(line) for line in (SAMPLE_DATA / "devices.jsonl").read_text().splitlines()]
+
+
+def test_sample_fleet_imports_with_its_hierarchy(sample_registry: Registry) -> None:
+    reg = sample_registry
+    devices = sample_devices()
+    assert reg.count_devices() == len(devices) == 2000
+    assert len(reg.list_releases()) >= 4
+    # A region's membership is the union of its sites', which are the union of their lines'.
+    for region in ("eu-central", "apac"):
+        expected = {d["id"] for d in devices if d["tags"]["region"] == region}
+        assert set(reg.device_ids(group=region)) == expected
+        node = reg.get_group(region)
+        union: set[str] = set()
+        for site in node.children:
+            union |= set(reg.device_ids(group=site.name))
+        assert union == expected
+
+
+def test_dynamic_static_and_query_membership_agree_with_the_data(
+    sample_registry: Registry,
+) -> None:
+    reg = sample_registry
+    devices = sample_devices()
+    canary = {d["id"] for d in devices if d["tags"]["deployment_ring"] == "canary"}
+    assert set(reg.device_ids(group="canary-ring")) == canary
+    assert 0.005 < len(canary) / len(devices) < 0.02
+    legacy = {d["id"] for d in devices if d["firmware_version"].startswith("2.0.")}
+    assert set(reg.device_ids(group="legacy-firmware")) == legacy
+    assert reg.count_devices(group="lab-bench") == 8
+    q = ('location = "factory-A" and firmware_version < 2.2.0 '
+         'and not tag.deployment_ring in ("canary")')
+    expected = {
+        d["id"] for d in devices
+        if d["reported"]["tags"]["location"] == "factory-A"
+        and d["firmware_version"] in ("2.0.4", "2.1.2")
+        and d["tags"]["deployment_ring"] != "canary"
+    }
+    assert set(reg.device_ids(where=q)) == expected
+    # A group filter and a query combine with "and".
+    both = set(reg.device_ids(group="eu-central", where='hardware_rev = "rev-c"'))
+    assert both == {d["id"] for d in devices
+                    if d["tags"]["region"] == "eu-central" and d["hardware_rev"] == "rev-c"}
+
+
+def test_membership_of_a_mixed_tree_resolves_in_one_statement(registry: Registry) -> None:
+    registry.add_devices([NewDevice(f"d{i}", "rev-a", "2.1.0", {"n": str(i)}) for i in range(10)])
+    registry.create_group("root")
+    registry.create_group("static-kid", members=["d1", "d2"], parent="root")
+    registry.create_group("dyn-kid", query='tag.n in ("3", "4")', parent="root")
+    registry.create_group("grandkid", members=["d9"], parent="static-kid")
+    registry.get_group("root")  # group definitions are cached metadata; membership is data
+    statements: list[str] = []
+    sa.event.listen(registry.engine, "before_cursor_execute",
+                    lambda *a: statements.append(a[2]))
+    ids = registry.device_ids(group="root")
+    assert sorted(ids) == ["d1", "d2", "d3", "d4", "d9"]
+    assert len(statements) == 1 and "RECURSIVE" in statements[0].upper()
+
+
+def test_group_cannot_become_its_own_ancestor(registry: Registry) -> None:
+    registry.create_group("a")
+    registry.create_group("b", parent="a")
+    registry.create_group("c", parent="b")
+    with pytest.raises(Conflict, match="cannot be its own ancestor"):
+        registry.set_group_parent("a", "c")
+    with pytest.raises(Conflict):
+        registry.set_group_parent("a", "a")
+    registry.set_group_parent("c", None)
+    assert {g.name for g in registry.group_tree()} == {"a", "c"}
+
+
+def test_group_errors_are_clear(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="col 9: expected a value"):
+        registry.create_group("bad", query="tag.x = ")
+    with pytest.raises(NotFound, match="no parent group 'nope'"):
+        registry.create_group("orphan", query="tag.x = 1", parent="nope")
+    registry.create_group("dup", query="tag.x = 1")
+    with pytest.raises(Conflict, match="already exists"):
+        registry.create_group("dup", query="tag.x = 2")
+    with pytest.raises(NotFound, match="did you mean 'dup'"):
+        registry.count_devices(group="dpu")
+    with pytest.raises(NotFound, match="unknown devices ghost"):
+        registry.create_group("ghosts", members=["ghost"])
+
+
+def test_duplicate_device_id_is_refused_and_nothing_is_kept(registry: Registry) -> None:
+    registry.add_devices([NewDevice("d1")])
+    with pytest.raises(Conflict, match="'d1' already exists"):
+        registry.add_devices([NewDevice("d2"), NewDevice("d1")])
+    assert registry.device_ids() == ["d1"]
+
+
+def test_bad_import_row_names_file_row_field_and_imports_nothing(
+    registry: Registry, tmp_path: Path
+) -> None:
+    import_fleet(registry, SAMPLE_DATA / "releases.json")
+    before = registry.count_devices()
+    rows = sample_devices()[:50]
+    rows[36]["firmware_version"] = "two.three"
+    bad = tmp_path / "devices.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(FleetImportError) as info:
+        import_fleet(registry, bad)
+    assert info.value.row == 37 and info.value.field == "firmware_version"
+    assert f"{bad}:37: field 'firmware_version'" in str(info.value)
+    assert registry.count_devices() == before == 0
+    # A duplicate inside the file, and one against the registry.
+    rows[36]["firmware_version"] = "2.1.0"
+    rows[40]["id"] = rows[3]["id"]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(FleetImportError, match=":41: field 'id': duplicate device id"):
+        import_fleet(registry, bad)
+    registry.add_devices([NewDevice(rows[10]["id"])])
+    del rows[40]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(FleetImportError, match="already exists"):
+        import_fleet(registry, bad)
+    assert registry.count_devices() == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("{not json", None),
+        ('{"id": "bad id with spaces"}', "id"),
+        ('{"id": "ok", "tags": {"k": 5}}', "tags.k"),
+        ('{"id": "ok", "colour": "red"}', "colour"),
+        ('{"id": "ok", "hardware_rev": 3}', "hardware_rev"),
+        ("[1, 2]", None),
+    ],
+)
+def test_each_kind_of_bad_device_row_is_reported(
+    registry: Registry, tmp_path: Path, line: str, field: str | None
+) -> None:
+    path = tmp_path / "devices.jsonl"
+    path.write_text('{"id": "fine"}\n' + line + "\n")
+    with pytest.raises(FleetImportError) as info:
+        import_fleet(registry, path)
+    assert info.value.row == 2 and info.value.field == field
+    assert registry.count_devices() == 0
+
+
+def test_cyclic_groups_in_an_import_file_are_refused(registry: Registry, tmp_path: Path) -> None:
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps([
+        {"name": "a", "kind": "folder", "parent": "c"},
+        {"name": "b", "kind": "folder", "parent": "a"},
+        {"name": "c", "kind": "folder", "parent": "b"},
+    ]))
+    with pytest.raises(FleetImportError, match="cyclic group hierarchy"):
+        import_fleet(registry, path)
+    assert registry.group_tree() == []
+
+
+def test_paged_listing_is_ordered_and_stable(sample_registry: Registry) -> None:
+    ids = sorted(d["id"] for d in sample_devices())
+    page = sample_registry.list_devices(offset=100, limit=50)
+    assert [r.id for r in page] == ids[100:150]
+    by_fw = sample_registry.list_devices(order_by="firmware_version", limit=None)
+    keys = [r.firmware_version for r in by_fw]
+    assert keys.index("2.0.4") < keys.index("2.1.2") < keys.index("2.2.0") < keys.index("2.3.0")
+
+
+def test_reported_state_mirrors_into_queryable_attributes(registry: Registry) -> None:
+    registry.add_devices([NewDevice("d1", "rev-a", "2.0.4")])
+    registry.apply_reported({"d1": {"firmware_version": "2.10.0", "led_is_on": True,
+                                     "tags": {"location": "lab"}, "nested": {"x": 1}}})
+    assert registry.device_ids(where="firmware_version > 2.9.0 and led_is_on = true") == ["d1"]
+    assert registry.device_ids(where='location = "lab"') == ["d1"]
+    registry.apply_reported({"d1": {"firmware_version": "2.10.0"}})
+    assert registry.device_ids(where="has(location)") == []
+    # A device first seen on the wire is registered.
+    registry.apply_reported({"new-one": {"firmware_version": "1.0.0"}})
+    assert registry.get_device("new-one").firmware_version == "1.0.0"
+
+
+def test_shadow_documents_round_trip_with_versions(registry: Registry) -> None:
+    doc = {"state": {"desired": {"led": True}}, "version": 3}
+    registry.save_shadows([("d1", "", 3, doc), ("d1", "cfg", 1, {"version": 1})])
+    registry.save_shadows([("d1", "", 4, {**doc, "version": 4})])
+    stored = {(t, n): (v, d) for t, n, v, d in registry.load_shadows()}
+    assert stored[("d1", "")][0] == 4 and stored[("d1", "")][1]["version"] == 4
+    assert stored[("d1", "cfg")][0] == 1
+
+
+def test_migrations_are_idempotent_and_reach_head(db_url: str) -> None:
+    reg = Registry.open(db_url)
+    migrate.upgrade(reg.engine)  # a second run is a no-op
+    with reg.engine.connect() as conn:
+        version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
+    assert version == "0001"
+    reg.close()
