@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from functools import lru_cache
 from typing import Any, Literal, Union
 
 import sqlalchemy as sa
@@ -340,11 +341,17 @@ def attribute_value(value: Any) -> tuple[str, float | None] | None:
 
 def reported_attributes(reported: Mapping[str, Any]) -> dict[str, Any]:
     """The queryable attributes of a reported state: scalar keys and self-reported tags."""
-    out = {k: v for k, v in reported.items() if attribute_value(v) is not None}
+    out = {k: v for k, v in reported.items() if _is_scalar(v)}
     tags = reported.get("tags")
     if isinstance(tags, Mapping):
-        out.update({k: v for k, v in tags.items() if attribute_value(v) is not None})
+        out.update({k: v for k, v in tags.items() if _is_scalar(v)})
     return out
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (str, int))
 
 
 def glob_to_like(pattern: str) -> str:
@@ -526,13 +533,37 @@ def _sql_op(col: ColumnElement[Any], op: str, operand: Any) -> ColumnElement[boo
     return col >= param
 
 
-def _tag_subquery(ref: FieldRef, target: SqlTarget, cond: ColumnElement[bool] | None):
+def _tag_select(
+    ref: FieldRef, target: SqlTarget, cond: ColumnElement[bool] | None
+) -> sa.Select[Any]:
     tag = target.tag.c
     source = TAG_OPERATOR if ref.kind == "tag" else TAG_REPORTED
     where = [tag.source == source, tag.key == ref.name]
     if cond is not None:
         where.append(cond)
-    return target.device.c.id.in_(sa.select(tag.device_id).where(*where))
+    return sa.select(tag.device_id).where(*where)
+
+
+def _tag_subquery(
+    ref: FieldRef, target: SqlTarget, cond: ColumnElement[bool] | None
+) -> ColumnElement[bool]:
+    return target.device.c.id.in_(_tag_select(ref, target, cond))
+
+
+def _tag_condition(plan: _Plan, target: SqlTarget) -> ColumnElement[bool]:
+    """A comparison on the tag table's stored representation that ``plan`` names."""
+    tag = target.tag.c
+    stored: ColumnElement[Any] = {"text": tag.value, "num": tag.num, "vkey": tag.vkey}[
+        plan.target
+    ]
+    if plan.target != "num":
+        stored = _text(stored, target)
+    return _sql_op(stored, plan.op, plan.operand)
+
+
+def _tag_like(node: Glob, target: SqlTarget) -> ColumnElement[bool]:
+    like = glob_to_like(node.pattern.text)
+    return _text(target.tag.c.value, target).like(like, escape="\\")
 
 
 def _sql_compare(ref: FieldRef, op: str, value: Value, target: SqlTarget) -> ColumnElement[bool]:
@@ -546,13 +577,7 @@ def _sql_compare(ref: FieldRef, op: str, value: Value, target: SqlTarget) -> Col
         # "col IS NOT NULL AND ..." is false, never NULL, for a missing value.
         expr = sa.and_(col.is_not(None), _sql_op(_text(col, target), plan.op, plan.operand))
     else:
-        tag = target.tag.c
-        stored: ColumnElement[Any] = {"text": tag.value, "num": tag.num, "vkey": tag.vkey}[
-            plan.target
-        ]
-        if plan.target != "num":
-            stored = _text(stored, target)
-        expr = _tag_subquery(ref, target, _sql_op(stored, plan.op, plan.operand))
+        expr = _tag_subquery(ref, target, _tag_condition(plan, target))
     return sa.not_(expr) if op == "!=" else expr
 
 
@@ -574,9 +599,7 @@ def compile_sql(node: Node, target: SqlTarget) -> ColumnElement[bool]:
         if node.field.kind == "column":
             col = target.device.c[node.field.name]
             return sa.and_(col.is_not(None), _text(col, target).like(like, escape="\\"))
-        return _tag_subquery(
-            node.field, target, _text(target.tag.c.value, target).like(like, escape="\\")
-        )
+        return _tag_subquery(node.field, target, _tag_like(node, target))
     if isinstance(node, Has):
         if node.field.kind == "column":
             if node.field.name in ("id", "online"):
@@ -586,7 +609,82 @@ def compile_sql(node: Node, target: SqlTarget) -> ColumnElement[bool]:
     raise TypeError(f"not a query node: {node!r}")
 
 
+def _tag_leaf_select(node: Node, target: SqlTarget) -> sa.Select[Any] | None:
+    """The tag-index SELECT of device ids for a positive tag condition, else None."""
+    if isinstance(node, Compare) and node.field.kind != "column" and node.op != "!=":
+        cond = _tag_condition(_plan(node.field, node.op, node.value), target)
+        return _tag_select(node.field, target, cond)
+    if isinstance(node, In) and node.field.kind != "column":
+        conds = [_tag_condition(_plan(node.field, "=", v), target) for v in node.values]
+        return _tag_select(node.field, target, sa.or_(*conds))
+    if isinstance(node, Glob) and node.field.kind != "column":
+        _check_glob(node)
+        return _tag_select(node.field, target, _tag_like(node, target))
+    if isinstance(node, Has) and node.field.kind != "column":
+        return _tag_select(node.field, target, None)
+    return None
+
+
+def merge_equalities(items: Sequence[Node]) -> list[Node]:
+    """Fold ``f = a``, ``f = b``, ``f in (c)`` alternatives into one ``f in (a, b, c)``.
+
+    Same meaning (``in`` is an OR of ``=``), but one index range scan instead of a UNION
+    that the database must de-duplicate: e.g. a folder whose subgroups are
+    ``tag.line = "l1"``, ``tag.line = "l2"``, ...
+    """
+    merged: dict[tuple[str, str], list[Value]] = {}
+    first: dict[tuple[str, str], FieldRef] = {}
+    rest: list[Node] = []
+    for item in items:
+        if isinstance(item, Compare) and item.op == "=":
+            ref, values = item.field, [item.value]
+        elif isinstance(item, In):
+            ref, values = item.field, list(item.values)
+        else:
+            rest.append(item)
+            continue
+        key = (ref.kind, ref.name)
+        first.setdefault(key, ref)
+        merged.setdefault(key, []).extend(values)
+    folded: list[Node] = [In(first[k], tuple(v)) for k, v in merged.items()]
+    return folded + rest
+
+
+def _alternatives(node: Node) -> Iterator[Node]:
+    if isinstance(node, Or):
+        for item in node.items:
+            yield from _alternatives(item)
+    else:
+        yield node
+
+
+def compile_ids(node: Node, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSelect:
+    """The ids of the matching devices as a SELECT shaped so each part can use an index.
+
+    A tag condition reads the tag index alone and an ``or`` becomes a UNION of its parts;
+    everything else filters the device table. Used for counts and group membership, where
+    an OR of IN-subqueries would make the database visit every device.
+    """
+    leaf = _tag_leaf_select(node, target)
+    if leaf is not None:
+        return leaf
+    if isinstance(node, Or):
+        # Flatten nested ors first: SQLite cannot nest a UNION inside a UNION.
+        items = merge_equalities(list(_alternatives(node)))
+        if len(items) == 1:
+            return compile_ids(items[0], target)
+        return sa.union(*(compile_ids(item, target) for item in items))
+    return sa.select(target.device.c.id).where(compile_sql(node, target))
+
+
 # -------------------------------------------------------------------- the facade
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(text: str) -> GroupQuery:
+    # Group queries are parsed on every membership lookup; the AST is immutable.
+    return GroupQuery._parse_checked(text)
+
 
 
 def _walk(node: Node) -> Iterable[Node]:
@@ -612,8 +710,21 @@ class GroupQuery:
         ``known_reported``, when given, is the set of reported attribute names the fleet has;
         a bare name outside it is an unknown field (with a suggestion).
         """
+        query = _parse_cached(text)
+        if known_reported is None:
+            return query
+        known = set(known_reported)
+        for node in _walk(query.ast):
+            ref: FieldRef | None = getattr(node, "field", None)
+            if ref is not None and ref.kind == "reported" and ref.name not in known:
+                hint = get_close_matches(ref.name, sorted(known | set(COLUMN_FIELDS)), 1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise QuerySyntaxError(ref.col, f"unknown field {ref.name!r}{extra}", text)
+        return query
+
+    @classmethod
+    def _parse_checked(cls, text: str) -> GroupQuery:
         ast = _Parser(text).parse()
-        known = set(known_reported) if known_reported is not None else None
         try:
             for node in _walk(ast):
                 if isinstance(node, Compare):
@@ -623,19 +734,15 @@ class GroupQuery:
                         _plan(node.field, "=", v)
                 elif isinstance(node, Glob):
                     _check_glob(node)
-                ref: FieldRef | None = getattr(node, "field", None)
-                if (known is not None and ref is not None and ref.kind == "reported"
-                        and ref.name not in known):
-                    options = sorted((known or set()) | set(COLUMN_FIELDS))
-                    hint = get_close_matches(ref.name, options, 1)
-                    extra = f"; did you mean {hint[0]!r}?" if hint else ""
-                    raise QuerySyntaxError(ref.col, f"unknown field {ref.name!r}{extra}")
         except QuerySyntaxError as err:
             raise QuerySyntaxError(err.col, err.message, text) from None
         return cls(text, ast)
 
     def compile(self, target: SqlTarget) -> ColumnElement[bool]:
         return compile_sql(self.ast, target)
+
+    def compile_ids(self, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSelect:
+        return compile_ids(self.ast, target)
 
     def matches(self, record: DeviceRecord) -> bool:
         return evaluate(self.ast, record)

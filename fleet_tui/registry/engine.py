@@ -23,10 +23,19 @@ def create_registry_engine(url: str) -> Engine:
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
+def _sqlite_begin(conn: Any) -> None:
+    # Python's sqlite3 module starts transactions lazily and lets DDL run outside them, so
+    # a failed import could keep its dropped indexes. Driving BEGIN ourselves makes every
+    # SQLAlchemy transaction (and savepoint) a real SQLite one.
+    conn.exec_driver_sql("BEGIN")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # see _sqlite_begin
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     # WAL + NORMAL is durable against process crashes (kill -9); only power loss can
@@ -36,4 +45,5 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # LIKE must be case-sensitive like PostgreSQL's, so globs mean the same on both.
     cur.execute("PRAGMA case_sensitive_like=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA cache_size=-131072")  # 128 MiB: index builds on large imports
     cur.close()

@@ -14,6 +14,7 @@ SOURCE_REPORTED = "r"
 
 class Device(SQLModel, table=True):
     __tablename__ = "device"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     id: str = Field(primary_key=True, max_length=128)
     hardware_rev: str | None = Field(default=None, max_length=64, index=True)
@@ -33,7 +34,11 @@ class Tag(SQLModel, table=True):
     __tablename__ = "tag"
     __table_args__ = (
         sa.Index("ix_tag_lookup", "source", "key", "value", "device_id"),
-        sa.Index("ix_tag_num", "source", "key", "num"),
+        # Most tags are not numbers: index only those that are.
+        sa.Index("ix_tag_num", "source", "key", "num", sqlite_where=sa.text("num IS NOT NULL"),
+                 postgresql_where=sa.text("num IS NOT NULL")),
+        # Clustered on the primary key: no second copy of every row in a rowid b-tree.
+        {"sqlite_with_rowid": False},
     )
 
     device_id: str = Field(

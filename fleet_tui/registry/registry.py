@@ -6,10 +6,13 @@ parameters; bulk writes are batched (one ``executemany`` per table per batch).
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,9 +22,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from fleet_tui.domain.query import (
     DeviceRecord,
     GroupQuery,
+    Or,
     QuerySyntaxError,
     SqlTarget,
     attribute_value,
+    compile_ids,
     reported_attributes,
 )
 from fleet_tui.domain.version import VersionError, is_version_field, parse_version, version_key
@@ -93,20 +98,63 @@ class NewDevice:
     reported: Mapping[str, Any] = field(default_factory=dict)
 
 
-def tag_rows(device_id: str, source: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The Tag rows that represent ``values`` (shared by SQL writes and the query tests)."""
+TAG_COLUMNS = ("device_id", "source", "key", "value", "num", "vkey")
+DEVICE_COLUMNS = ("id", "hardware_rev", "firmware_version", "fw_key", "online", "created_at")
+
+
+@lru_cache(maxsize=65536)
+def _stored_tag(
+    source: str, key: str, raw: Any
+) -> tuple[str, str, str, float | None, str | None] | None:
+    # Fleets repeat the same few tag values millions of times: compute each once.
+    stored = attribute_value(raw)
+    if stored is None:
+        return None
+    text, num = stored
+    vkey = version_key(text) if source == SOURCE_REPORTED and is_version_field(key) else None
+    return source, key, text, num, vkey
+
+
+def tag_tuples(device_id: str, source: str, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Tag rows (in :data:`TAG_COLUMNS` order) that represent ``values``."""
     rows = []
     for key, raw in values.items():
-        stored = attribute_value(raw)
-        if stored is None:
+        try:
+            stored = _stored_tag(source, key, raw)
+        except TypeError:  # unhashable (objects, arrays): not an attribute
             continue
-        text, num = stored
-        vkey = version_key(text) if source == SOURCE_REPORTED and is_version_field(key) else None
-        rows.append(
-            {"device_id": device_id, "source": source, "key": key, "value": text, "num": num,
-             "vkey": vkey}
-        )
+        if stored is not None:
+            rows.append((device_id, *stored))
     return rows
+
+
+def tag_rows(device_id: str, source: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Tag rows that represent ``values``, as column dicts."""
+    return [dict(zip(TAG_COLUMNS, t, strict=True)) for t in tag_tuples(device_id, source, values)]
+
+
+def bulk_insert(conn: Connection, table: sa.Table, columns: Sequence[str],
+                rows: Sequence[tuple[Any, ...]]) -> None:
+    """executemany straight on the DBAPI cursor with a statement SQLAlchemy compiled.
+
+    SQLAlchemy's per-row parameter processing cost more than SQLite's own insert work for
+    million-row imports; the statement is still generated, and values still bound.
+    """
+    if not rows:
+        return
+    compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(columns))
+    params: Sequence[Any] = rows
+    if compiled.positiontup is None:  # named paramstyle (psycopg): rows become dicts
+        params = [dict(zip(columns, r, strict=True)) for r in rows]
+    else:
+        order = [columns.index(name) for name in compiled.positiontup]
+        if order != list(range(len(columns))):
+            params = [tuple(r[i] for i in order) for r in rows]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(str(compiled), params)
+    finally:
+        cursor.close()
 
 
 class Registry:
@@ -144,54 +192,45 @@ class Registry:
         if conn is None:
             with self.transaction() as own:
                 return self.add_devices(devices, conn=own, batch=batch)
-        now = time.time()
+        # Into an empty registry, building the secondary indexes once at the end is several
+        # times faster than maintaining them row by row.
+        rebuild = self._empty(conn) and self._drop_secondary_indexes(conn)
         count = 0
-        dev_rows: list[dict[str, Any]] = []
-        tags: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            if not dev_rows:
-                return
+        # Parsing and row building run in a thread while this one inserts: sqlite3 and
+        # psycopg release the GIL while the database works, so the two overlap.
+        for dev_rows, tags in _prefetch(_row_batches(devices, batch)):
             try:
                 with conn.begin_nested():
-                    conn.execute(DEVICE.insert(), dev_rows)
-            except sa.exc.IntegrityError:
-                ids = [r["id"] for r in dev_rows]
-                seen = set()
-                dup = next((i for i in ids if i in seen or seen.add(i)), None)  # type: ignore[func-returns-value]
-                if dup is None:
-                    existing = conn.execute(
-                        sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(ids)).limit(1)
-                    ).scalar()
-                    dup = existing
-                raise Conflict(f"device {dup!r} already exists") from None
-            if tags:
-                conn.execute(TAG.insert(), tags)
-            dev_rows.clear()
-            tags.clear()
-
-        for dev in devices:
-            attrs = reported_attributes(dev.reported)
-            dev_rows.append(
-                {
-                    "id": dev.id,
-                    "hardware_rev": dev.hardware_rev,
-                    "firmware_version": dev.firmware_version,
-                    "fw_key": version_key(dev.firmware_version),
-                    "online": False,
-                    "last_seen": None,
-                    "health": None,
-                    "telemetry": None,
-                    "created_at": now,
-                }
-            )
-            tags.extend(tag_rows(dev.id, SOURCE_OPERATOR, dev.tags))
-            tags.extend(tag_rows(dev.id, SOURCE_REPORTED, attrs))
-            count += 1
-            if len(dev_rows) >= batch:
-                flush()
-        flush()
+                    bulk_insert(conn, DEVICE, DEVICE_COLUMNS, dev_rows)
+            except (sa.exc.IntegrityError, _dbapi_integrity_error(conn)):
+                raise Conflict(f"device {self._duplicate(conn, dev_rows)!r} already exists") \
+                    from None
+            bulk_insert(conn, TAG, TAG_COLUMNS, tags)
+            count += len(dev_rows)
+        if rebuild:
+            for index in (*DEVICE.indexes, *TAG.indexes):
+                index.create(conn)
         return count
+
+    @staticmethod
+    def _empty(conn: Connection) -> bool:
+        return conn.execute(sa.select(DEVICE.c.id).limit(1)).first() is None
+
+    @staticmethod
+    def _drop_secondary_indexes(conn: Connection) -> bool:
+        for index in (*DEVICE.indexes, *TAG.indexes):
+            index.drop(conn)
+        return True
+
+    @staticmethod
+    def _duplicate(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> str | None:
+        ids = [r[0] for r in rows]
+        seen: set[str] = set()
+        for dev_id in ids:
+            if dev_id in seen:
+                return dev_id
+            seen.add(dev_id)
+        return conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(ids)).limit(1)).scalar()
 
     def ensure_device(self, device_id: str, conn: Connection | None = None) -> bool:
         """Register a device seen on the wire for the first time; True when it was new."""
@@ -251,9 +290,9 @@ class Registry:
         conn.execute(
             TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
         )
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for device_id, reported in updates.items():
-            rows.extend(tag_rows(device_id, SOURCE_REPORTED, reported_attributes(reported)))
+            rows.extend(tag_tuples(device_id, SOURCE_REPORTED, reported_attributes(reported)))
             fw = reported.get("firmware_version")
             hw = reported.get("hardware_rev")
             values: dict[str, Any] = {}
@@ -263,8 +302,7 @@ class Registry:
                 values["hardware_rev"] = hw
             if values:
                 conn.execute(DEVICE.update().where(DEVICE.c.id == device_id).values(**values))
-        if rows:
-            conn.execute(TAG.insert(), rows)
+        bulk_insert(conn, TAG, TAG_COLUMNS, rows)
         return None
 
     def set_presence(
@@ -372,9 +410,15 @@ class Registry:
             ]
 
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
-        stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
-            self.device_filter(group=group, where=where)
-        )
+        if (group is None) != (not where):
+            # Count the id set itself: a tag condition then never touches the device table.
+            ids = (self.group_ids(group) if group is not None
+                   else GroupQuery.parse(where or "").compile_ids(self.target)).subquery()
+            stmt = sa.select(sa.func.count()).select_from(ids)
+        else:
+            stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
+                self.device_filter(group=group, where=where)
+            )
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -517,32 +561,44 @@ class Registry:
             conn.execute(GROUP.delete().where(GROUP.c.id == gid))
         self._groups = None
 
-    def group_predicate(self, name: str) -> ColumnElement[bool]:
-        """Membership of a group and all its subgroups as one predicate over ``device``.
+    def group_ids(self, name: str) -> sa.Select[Any] | sa.CompoundSelect:
+        """The distinct ids of a group's devices, its whole subtree included, as one SELECT.
 
-        Static members of the whole subtree come from a recursive CTE over ``parent_id``;
-        dynamic subgroups contribute their compiled queries, so the whole tree resolves in
-        one statement.
+        Static members of the subtree come from a recursive CTE over ``parent_id``; the
+        dynamic subgroups' queries join as alternatives of one ``or`` (equalities on one
+        field fold into a single ``in``), so the whole tree resolves in one statement and
+        each part can use its own index.
         """
         root = self.get_group(name)
-        tree = (
-            sa.select(GROUP.c.id).where(GROUP.c.id == root.id).cte("tree", recursive=True)
-        )
-        child = GROUP.alias("child")
-        tree = tree.union_all(sa.select(child.c.id).join(tree, child.c.parent_id == tree.c.id))
-        static = DEVICE.c.id.in_(
-            sa.select(MEMBER.c.device_id).where(MEMBER.c.group_id.in_(sa.select(tree.c.id)))
-        )
-        preds: list[ColumnElement[bool]] = []
-        has_static = False
-        for node in _subtree(root):
-            if node.kind == "dynamic" and node.query:
-                preds.append(GroupQuery.parse(node.query).compile(self.target))
-            elif node.kind == "static":
-                has_static = True
-        if has_static:
-            preds.insert(0, static)
-        return sa.or_(sa.false(), *preds)
+        branches: list[sa.Select[Any] | sa.CompoundSelect] = []
+        if any(node.kind == "static" for node in _subtree(root)):
+            tree = (
+                sa.select(GROUP.c.id).where(GROUP.c.id == root.id).cte("tree", recursive=True)
+            )
+            child = GROUP.alias("child")
+            tree = tree.union_all(
+                sa.select(child.c.id).join(tree, child.c.parent_id == tree.c.id)
+            )
+            branches.append(
+                sa.select(MEMBER.c.device_id)
+                .where(MEMBER.c.group_id.in_(sa.select(tree.c.id)))
+                .distinct()
+            )
+        queries = [
+            GroupQuery.parse(node.query).ast
+            for node in _subtree(root)
+            if node.kind == "dynamic" and node.query
+        ]
+        if queries:
+            either = queries[0] if len(queries) == 1 else Or(tuple(queries))
+            branches.append(compile_ids(either, self.target))
+        if not branches:
+            return sa.select(DEVICE.c.id).where(sa.false())
+        return branches[0] if len(branches) == 1 else sa.union(*branches)
+
+    def group_predicate(self, name: str) -> ColumnElement[bool]:
+        """Membership of a group and all its subgroups as a predicate over ``device``."""
+        return DEVICE.c.id.in_(self.group_ids(name))
 
     # ----------------------------------------------------------------- releases
 
@@ -618,6 +674,65 @@ class Registry:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _dbapi_integrity_error(conn: Connection) -> type[Exception]:
+    # bulk_insert talks to the DBAPI cursor directly, so its errors arrive unwrapped.
+    dbapi = conn.dialect.dbapi
+    return dbapi.IntegrityError if dbapi is not None else sa.exc.IntegrityError
+
+
+RowBatch = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def _row_batches(devices: Iterable[NewDevice], size: int) -> Iterator[RowBatch]:
+    now = time.time()
+    fw_key = lru_cache(maxsize=4096)(version_key)
+    dev_rows: list[tuple[Any, ...]] = []
+    tags: list[tuple[Any, ...]] = []
+    for dev in devices:
+        dev_rows.append((dev.id, dev.hardware_rev, dev.firmware_version,
+                         fw_key(dev.firmware_version), False, now))
+        if dev.tags:
+            tags.extend(tag_tuples(dev.id, SOURCE_OPERATOR, dev.tags))
+        if dev.reported:
+            tags.extend(tag_tuples(dev.id, SOURCE_REPORTED, reported_attributes(dev.reported)))
+        if len(dev_rows) >= size:
+            yield dev_rows, tags
+            dev_rows, tags = [], []
+    if dev_rows:
+        yield dev_rows, tags
+
+
+def _prefetch(items: Iterator[RowBatch], depth: int = 3) -> Iterator[RowBatch]:
+    """Run ``items`` in a thread, ``depth`` batches ahead; its exceptions re-raise here."""
+    done = object()
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            q.put(err)
+
+    worker = threading.Thread(target=produce, name="registry-import", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:

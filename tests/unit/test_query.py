@@ -212,6 +212,8 @@ def check_equivalence(registry: Registry, fleet: list[DeviceRecord], texts: list
         expected = sorted(d.id for d in fleet if query.matches(d))
         got = registry.device_ids(where=text)
         assert sorted(got) == expected, text
+        # The id-set form (counts, group membership) must agree too.
+        assert registry.count_devices(where=text) == len(expected), text
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def upgrade() -> None:
     sa.Column('details', sa.JSON(), nullable=False),
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
     )
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_log_action'), ['action'], unique=False)
@@ -43,7 +43,8 @@ def upgrade() -> None:
     sa.Column('health', sa.String(length=16), nullable=True),
     sa.Column('telemetry', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_with_rowid=False,
     )
     with op.batch_alter_table('device', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_device_fw_key'), ['fw_key'], unique=False)
@@ -78,7 +79,7 @@ def upgrade() -> None:
     sa.Column('created_by', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
     )
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_job_rollout_id'), ['rollout_id'], unique=False)
@@ -133,7 +134,7 @@ def upgrade() -> None:
     sa.Column('created_by', sa.String(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
     )
     with op.batch_alter_table('rollout', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_rollout_status'), ['status'], unique=False)
@@ -196,11 +197,12 @@ def upgrade() -> None:
     sa.Column('num', sa.Float(), nullable=True),
     sa.Column('vkey', sa.String(length=96), nullable=True),
     sa.ForeignKeyConstraint(['device_id'], ['device.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('device_id', 'source', 'key')
+    sa.PrimaryKeyConstraint('device_id', 'source', 'key'),
+    sqlite_with_rowid=False,
     )
     with op.batch_alter_table('tag', schema=None) as batch_op:
         batch_op.create_index('ix_tag_lookup', ['source', 'key', 'value', 'device_id'], unique=False)
-        batch_op.create_index('ix_tag_num', ['source', 'key', 'num'], unique=False)
+        batch_op.create_index('ix_tag_num', ['source', 'key', 'num'], unique=False, sqlite_where=sa.text('num IS NOT NULL'), postgresql_where=sa.text('num IS NOT NULL'))
 
     # ### end Alembic commands ###
 
