@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from fleet_tui import __version__
 from fleet_tui.config import ConfigError, Settings, load_settings
 from fleet_tui.domain.query import QuerySyntaxError
 from fleet_tui.registry.errors import RegistryError
+from fleet_tui.service.client import ServiceError
 
 EXIT_USAGE = 2
 
@@ -198,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--desc", action="store_true")
     p.set_defaults(handler=cmd_devices_list)
 
+    p = devices.add_parser("health", help="health of a group: counts, means, anomalies")
+    p.add_argument("--group", "-g")
+    p.add_argument("--where", "-w")
+    p.add_argument("--format", "-o", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_lazy("fleet_tui.service.cli", "cmd_devices_health"))
+
     groups = sub.add_parser("groups", help="the group tree").add_subparsers(
         metavar="ACTION", required=True)
     p = groups.add_parser("tree", help="print the group tree with member counts")
@@ -238,8 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lazy(module: str, name: str) -> Handler:
+    """A handler imported on use, so `fleet-tui --help` stays fast."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        func: Handler = getattr(importlib.import_module(module), name)
+        return func(args, settings)
+
+    return handler
+
+
+def _register_service(sub: Any) -> None:
+    from fleet_tui.service.cli import register
+
+    register(sub)
+
+
 #: Other modules (service, sim, console) add their sub-commands here.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service]
 
 
 def _format_error(err: Exception) -> str:
@@ -256,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, {"db": args.db, "broker": args.broker})
         handler: Handler = args.handler
         return handler(args, settings)
-    except (CliError, ConfigError, QuerySyntaxError, RegistryError) as err:
+    except (CliError, ConfigError, QuerySyntaxError, RegistryError, ServiceError) as err:
         print(_format_error(err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

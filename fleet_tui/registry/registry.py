@@ -39,6 +39,7 @@ from fleet_tui.registry.models import (
     Device,
     Group,
     GroupMember,
+    MetricBucket,
     Release,
     Shadow,
     Tag,
@@ -50,6 +51,7 @@ GROUP = Group.__table__  # type: ignore[attr-defined]
 MEMBER = GroupMember.__table__  # type: ignore[attr-defined]
 SHADOW = Shadow.__table__  # type: ignore[attr-defined]
 RELEASE = Release.__table__  # type: ignore[attr-defined]
+BUCKET = MetricBucket.__table__  # type: ignore[attr-defined]
 
 GROUP_KINDS = ("static", "dynamic", "folder")
 ORDER_COLUMNS = ("id", "firmware_version", "hardware_rev", "online", "health", "last_seen")
@@ -285,25 +287,44 @@ class Registry:
         if not updates:
             return None
         ids = list(updates)
-        for device_id in ids:
-            _ = self.ensure_device(device_id, conn)
+        self._ensure_devices(conn, ids)
         conn.execute(
             TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
         )
         rows: list[tuple[Any, ...]] = []
+        versions: list[dict[str, Any]] = []
         for device_id, reported in updates.items():
             rows.extend(tag_tuples(device_id, SOURCE_REPORTED, reported_attributes(reported)))
             fw = reported.get("firmware_version")
             hw = reported.get("hardware_rev")
-            values: dict[str, Any] = {}
-            if isinstance(fw, str):
-                values.update(firmware_version=fw, fw_key=version_key(fw))
-            if isinstance(hw, str):
-                values["hardware_rev"] = hw
-            if values:
-                conn.execute(DEVICE.update().where(DEVICE.c.id == device_id).values(**values))
+            versions.append({
+                "b_id": device_id,
+                "b_fw": fw if isinstance(fw, str) else None,
+                "b_key": version_key(fw) if isinstance(fw, str) else None,
+                "b_hw": hw if isinstance(hw, str) else None,
+            })
+        # Keep what the device did not report (COALESCE), in one executemany.
+        conn.execute(
+            DEVICE.update()
+            .where(DEVICE.c.id == sa.bindparam("b_id"))
+            .values(
+                firmware_version=sa.func.coalesce(sa.bindparam("b_fw"), DEVICE.c.firmware_version),
+                fw_key=sa.func.coalesce(sa.bindparam("b_key"), DEVICE.c.fw_key),
+                hardware_rev=sa.func.coalesce(sa.bindparam("b_hw"), DEVICE.c.hardware_rev),
+            ),
+            versions,
+        )
         bulk_insert(conn, TAG, TAG_COLUMNS, rows)
         return None
+
+    def _ensure_devices(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Register devices first seen on the wire, in one statement."""
+        if ids:
+            now = time.time()
+            conn.execute(
+                _insert_ignore(self.dialect, DEVICE),
+                [{"id": i, "online": False, "created_at": now} for i in ids],
+            )
 
     def set_presence(
         self, updates: Sequence[tuple[str, bool, float]], conn: Connection | None = None
@@ -312,8 +333,7 @@ class Registry:
         if conn is None:
             with self.transaction() as own:
                 return self.set_presence(updates, own)
-        for device_id, _online, _ts in updates:
-            self.ensure_device(device_id, conn)
+        self._ensure_devices(conn, list({d for d, _, _ in updates}))
         if updates:
             conn.execute(
                 DEVICE.update()
@@ -600,6 +620,66 @@ class Registry:
         """Membership of a group and all its subgroups as a predicate over ``device``."""
         return DEVICE.c.id.in_(self.group_ids(name))
 
+    # ------------------------------------------------------------ health, metrics
+
+    def presence_state(self) -> dict[str, tuple[bool, float | None]]:
+        """(online, last_seen) of every device the registry believes online."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(DEVICE.c.id, DEVICE.c.online, DEVICE.c.last_seen).where(
+                    DEVICE.c.online.is_(sa.true())
+                )
+            )
+            return {r.id: (bool(r.online), r.last_seen) for r in rows}
+
+    def health_records(
+        self, *, group: str | None = None, where: str | None = None
+    ) -> list[tuple[str, bool, str | None, float | None, dict[str, Any] | None]]:
+        """(id, online, health, last_seen, latest telemetry) of the matching devices."""
+        stmt = sa.select(
+            DEVICE.c.id, DEVICE.c.online, DEVICE.c.health, DEVICE.c.last_seen, DEVICE.c.telemetry
+        ).where(self.device_filter(group=group, where=where)).order_by(DEVICE.c.id)
+        with self.engine.connect() as conn:
+            return [(r.id, bool(r.online), r.health, r.last_seen, r.telemetry)
+                    for r in conn.execute(stmt)]
+
+    def save_metric_buckets(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert whole buckets (the service holds the open ones in memory)."""
+        if not rows:
+            return
+        stmt = _upsert(self.dialect, BUCKET, ["device_id", "metric", "width", "start"],
+                       ["count", "total", "min", "max", "last"])
+        with self.transaction() as conn:
+            conn.execute(stmt, list(rows))
+
+    def purge_metric_buckets(self, width: int, before: float) -> int:
+        with self.transaction() as conn:
+            return int(conn.execute(
+                BUCKET.delete().where(BUCKET.c.width == width, BUCKET.c.start < before)
+            ).rowcount)
+
+    def metric_series(
+        self, metric: str, width: int, start: float, end: float, *,
+        device: str | None = None, group: str | None = None,
+    ) -> dict[int, tuple[int, float, float, float]]:
+        """bucket start -> (count, total, min, max) summed over a device or a group."""
+        stmt = (
+            sa.select(
+                BUCKET.c.start, sa.func.sum(BUCKET.c.count), sa.func.sum(BUCKET.c.total),
+                sa.func.min(BUCKET.c.min), sa.func.max(BUCKET.c.max),
+            )
+            .where(BUCKET.c.metric == metric, BUCKET.c.width == width,
+                   BUCKET.c.start >= start, BUCKET.c.start <= end)
+            .group_by(BUCKET.c.start)
+        )
+        if device is not None:
+            stmt = stmt.where(BUCKET.c.device_id == device)
+        if group is not None:
+            stmt = stmt.where(BUCKET.c.device_id.in_(self.group_ids(group)))
+        with self.engine.connect() as conn:
+            return {int(r[0]): (int(r[1]), float(r[2]), float(r[3]), float(r[4]))
+                    for r in conn.execute(stmt)}
+
     # ----------------------------------------------------------------- releases
 
     def add_release(self, release: ReleaseInfo, conn: Connection | None = None) -> None:
@@ -642,9 +722,14 @@ class Registry:
 
     # ------------------------------------------------------------------ shadows
 
-    def save_shadows(self, docs: Sequence[tuple[str, str, int, dict[str, Any]]]) -> None:
-        """Upsert (thing, name, version, document) rows in one transaction."""
-        if not docs:
+    def save_shadows(
+        self,
+        docs: Sequence[tuple[str, str, int, dict[str, Any]]],
+        reported: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Upsert (thing, name, version, document) rows and mirror the classic shadows'
+        reported state into the device registry, in one transaction."""
+        if not docs and not reported:
             return
         now = time.time()
         rows = [
@@ -654,7 +739,10 @@ class Registry:
         stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
                        ["version", "document", "updated_at"])
         with self.transaction() as conn:
-            conn.execute(stmt, rows)
+            if rows:
+                conn.execute(stmt, rows)
+            if reported:
+                self.apply_reported(reported, conn)
 
     def delete_shadow(self, thing: str, name: str = "") -> None:
         with self.transaction() as conn:

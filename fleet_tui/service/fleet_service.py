@@ -1,0 +1,144 @@
+"""FleetService: the "cloud". One MQTT session feeding the shadow service, presence and
+telemetry ingest; batched writes to the registry. Runs alone (``fleet-tui serve``) or inside
+the console's process (on its own thread and event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fleet_tui.config import Settings
+from fleet_tui.domain.health import expiry_cutoff
+from fleet_tui.registry.registry import Registry
+from fleet_tui.service.events import EventBus
+from fleet_tui.service.mqtt import MqttSession
+from fleet_tui.service.presence import PresenceTracker
+from fleet_tui.service.shadows import ShadowService
+from fleet_tui.service.telemetry import WIDTHS, TelemetryIngest
+from fleet_tui.service.topics import Topics, valid_thing
+
+log = logging.getLogger(__name__)
+
+
+class FleetService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.events = events or EventBus()
+        self.topics = Topics(settings.shadow_prefix, settings.fleet_prefix)
+        self.shadows = ShadowService(registry, self.topics, settings.shadow, self.events, clock)
+        self.presence = PresenceTracker(self.events, self._interval_for,
+                                        settings.health.gone_dark_intervals)
+        self.telemetry = TelemetryIngest(self.events, settings.health)
+        self.client_id = client_id or f"fleet-tui-service-{socket.gethostname()}-{os.getpid()}"
+        self.session = MqttSession(
+            settings.broker_host, settings.broker_port, self.client_id,
+            self.topics.service_subscriptions(), self.dispatch,
+        )
+        self.ready = asyncio.Event()
+        self.ingest_interval = 1.0
+        self.bucket_interval = 10.0
+        self.sweep_interval = 5.0
+
+    def _interval_for(self, thing: str) -> float:
+        doc = self.shadows.document(thing)
+        value = doc.reported.get("telemetry_interval_s") if doc is not None else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return self.settings.health.telemetry_interval_s
+
+    # ---------------------------------------------------------------- dispatch
+
+    def dispatch(self, topic: str, payload: bytes) -> None:
+        shadow = self.topics.parse_shadow(topic)
+        if shadow is not None:
+            self.shadows.handle(shadow, payload)
+            return
+        fleet = self.topics.parse_fleet(topic)
+        if fleet is None or not valid_thing(fleet.thing):
+            log.debug("ignored message on %s", topic)
+            return
+        now = self.clock()
+        if fleet.kind == "presence":
+            self.presence.on_presence(fleet.thing, payload, now)
+        elif self.telemetry.on_telemetry(fleet.thing, payload, now):
+            self.presence.on_seen(fleet.thing, now)
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then flush everything and return."""
+        loaded = await asyncio.to_thread(self.shadows.load)
+        state = await asyncio.to_thread(self.registry.presence_state)
+        self.presence.restore(state, self.clock())
+        log.info("loaded %d shadows, %d devices online", loaded, len(state))
+        tasks = [
+            asyncio.create_task(self.session.run(stop), name="mqtt"),
+            asyncio.create_task(self.shadows.run(self.session.publish_many, stop), name="shadows"),
+            asyncio.create_task(self._ingest_loop(stop), name="ingest"),
+        ]
+        self.ready.set()
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
+            await asyncio.to_thread(self._flush_ingest, True)
+
+    async def _ingest_loop(self, stop: asyncio.Event) -> None:
+        last_buckets = last_sweep = last_purge = self.clock()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.ingest_interval)
+            now = self.clock()
+            if now - last_sweep >= self.sweep_interval:
+                self.presence.sweep(now)
+                last_sweep = now
+            with_buckets = now - last_buckets >= self.bucket_interval
+            if with_buckets:
+                last_buckets = now
+            try:
+                await asyncio.to_thread(self._flush_ingest, with_buckets)
+                if now - last_purge >= 3600:
+                    last_purge = now
+                    await asyncio.to_thread(self._purge, now)
+            except Exception:
+                log.exception("ingest flush failed; will retry")
+
+    def _flush_ingest(self, with_buckets: bool) -> None:
+        presence = self.presence.take_pending()
+        health = self.telemetry.take_health()
+        if presence or health:
+            with self.registry.transaction() as conn:
+                self.registry.set_presence(presence, conn)
+                self.registry.set_health(health, conn)
+        if with_buckets:
+            self.registry.save_metric_buckets(self.telemetry.take_buckets(self.clock()))
+
+    def _purge(self, now: float) -> None:
+        for width in WIDTHS:
+            self.registry.purge_metric_buckets(width, expiry_cutoff(width, now))
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.shadows.stats, "shadows": len(self.shadows.shadows),
+                "bad_presence": self.presence.rejected, "bad_telemetry": self.telemetry.rejected}

@@ -1,0 +1,265 @@
+"""The Device Shadow service: AWS IoT's shadow MQTT API over the in-memory documents.
+
+Durability contract: documents live in memory and are written to the registry in batches
+(one transaction every ``flush_interval_ms``). Every response of a batch (``/accepted``,
+``/delta``, ``/documents``, ``/rejected`` and ``get`` answers) is held until that batch has
+committed, so nothing is acknowledged before it is durable; a crash loses only requests not
+yet answered, which the devices retry (their clientToken never got an answer). If a commit
+fails, the batch's shadows are restored to their last durable state and every request of
+the batch is answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet_tui.config import ShadowSettings
+from fleet_tui.domain.shadow import (
+    ShadowDocument,
+    ShadowError,
+    ShadowLimits,
+    dumps,
+    error_payload,
+    internal_error,
+    no_shadow_error,
+    parse_client_token,
+    parse_request,
+    too_many_requests_error,
+)
+from fleet_tui.registry.registry import Registry
+from fleet_tui.service.events import EventBus, ShadowChanged, ShadowDeleted
+from fleet_tui.service.outbox import Outgoing
+from fleet_tui.service.topics import ShadowTopic, Topics, valid_shadow_name, valid_thing
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (thing, shadow name; "" = classic)
+Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
+
+
+@dataclass(slots=True)
+class Entry:
+    doc: ShadowDocument
+    exists: bool  # False after a delete: the version carries on, get answers 404
+
+    def stored(self) -> dict[str, Any]:
+        data = self.doc.to_dict()
+        data["exists"] = self.exists
+        return data
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Entry:
+        exists = bool(data.get("exists", True))
+        doc = ShadowDocument.from_dict({k: v for k, v in data.items() if k != "exists"})
+        return cls(doc, exists)
+
+
+@dataclass
+class _Batch:
+    dirty: dict[Key, Entry | None] = field(default_factory=dict)  # key -> durable entry before
+    out: list[Outgoing] = field(default_factory=list)
+    rejections_on_failure: list[tuple[str, str | None]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class ShadowService:
+    """Applies shadow requests; see the module docstring for the durability contract."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        topics: Topics,
+        settings: ShadowSettings | None = None,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.topics = topics
+        self.settings = settings or ShadowSettings()
+        self.limits = ShadowLimits(
+            max_state_bytes=self.settings.max_state_bytes,
+            max_depth=self.settings.max_depth,
+            max_client_token=self.settings.max_client_token,
+            max_payload_bytes=self.settings.max_payload_bytes,
+        )
+        self.events = events or EventBus()
+        self.clock = clock
+        self.shadows: dict[Key, Entry] = {}
+        self._batch = _Batch()
+        self._wakeup = asyncio.Event()
+        self.stats = {"accepted": 0, "rejected": 0, "batches": 0, "failed_batches": 0}
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> int:
+        """Read every stored document back (after a restart: versions and all)."""
+        for thing, name, _version, data in self.registry.load_shadows():
+            try:
+                self.shadows[(thing, name)] = Entry.from_stored(data)
+            except Exception:  # a damaged row must not keep the service from starting
+                log.exception("cannot load shadow %s/%s; skipped", thing, name)
+        return len(self.shadows)
+
+    def document(self, thing: str, name: str = "") -> ShadowDocument | None:
+        entry = self.shadows.get((thing, name))
+        return entry.doc if entry is not None and entry.exists else None
+
+    # ----------------------------------------------------------------- requests
+
+    def handle(self, topic: ShadowTopic, payload: bytes) -> None:
+        """Apply one request; its answers wait in the current batch until it commits."""
+        now = int(self.clock())
+        batch = self._batch
+        self._wakeup.set()
+        thing, name = topic.thing, topic.name
+        if not (valid_thing(thing) and valid_shadow_name(name)):
+            # Answer on the topic it came from: the requester is listening there.
+            err = ShadowError(400, "Invalid thing name or shadow name")
+            self._reject(batch, topic, err, now)
+            return
+        token = None
+        try:
+            if topic.op == "update":
+                request = parse_request(payload, self.limits)
+                token = request.get("clientToken")
+            else:
+                token = parse_client_token(payload, self.limits)
+            if batch.inflight[thing] >= self.settings.max_inflight_per_client:
+                raise too_many_requests_error(token)
+            batch.inflight[thing] += 1
+            if topic.op == "update":
+                self._update(batch, topic, request, now)
+            elif topic.op == "get":
+                self._get(batch, topic, token, now)
+            else:
+                self._delete(batch, topic, token, now)
+        except ShadowError as err:
+            if err.client_token is None and token is not None:
+                err.client_token = token
+            self._reject(batch, topic, err, now)
+
+    def _reject(self, batch: _Batch, topic: ShadowTopic, err: ShadowError, now: int) -> None:
+        self.stats["rejected"] += 1
+        out = self.topics.shadow(topic.thing, topic.name, topic.op, "rejected")
+        batch.out.append(Outgoing(out, dumps(error_payload(err, now))))
+
+    def _touch(self, batch: _Batch, key: Key) -> None:
+        if key not in batch.dirty:
+            before = self.shadows.get(key)
+            batch.dirty[key] = Entry(before.doc, before.exists) if before else None
+
+    def _update(self, batch: _Batch, topic: ShadowTopic, request: dict[str, Any], now: int) -> None:
+        key = (topic.thing, topic.name)
+        entry = self.shadows.get(key)
+        current = entry.doc if entry is not None else ShadowDocument.empty()
+        if entry is not None and not entry.exists:
+            current = ShadowDocument.empty(entry.doc.version)
+        result = current.apply_update(
+            request, now, self.limits,
+            prune_converged_desired=self.settings.prune_converged_desired,
+        )
+        self._touch(batch, key)
+        self.shadows[key] = Entry(result.document, True)
+        self.stats["accepted"] += 1
+        t = self.topics
+        token = request.get("clientToken")
+        batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "accepted"),
+                                  dumps(result.accepted)))
+        batch.rejections_on_failure.append(
+            (t.shadow(topic.thing, topic.name, "update", "rejected"), token))
+        if result.delta is not None:
+            batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "delta"),
+                                      dumps(result.delta)))
+        batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "documents"),
+                                  dumps(result.documents), qos=0))
+        batch.events.append(ShadowChanged(topic.thing, topic.name, result.documents))
+
+    def _get(self, batch: _Batch, topic: ShadowTopic, token: str | None, now: int) -> None:
+        entry = self.shadows.get((topic.thing, topic.name))
+        if entry is None or not entry.exists:
+            raise no_shadow_error(topic.thing, topic.name or None, token)
+        batch.out.append(Outgoing(self.topics.shadow(topic.thing, topic.name, "get", "accepted"),
+                                  dumps(entry.doc.get_response(token, now))))
+        batch.rejections_on_failure.append(
+            (self.topics.shadow(topic.thing, topic.name, "get", "rejected"), token))
+
+    def _delete(self, batch: _Batch, topic: ShadowTopic, token: str | None, now: int) -> None:
+        key = (topic.thing, topic.name)
+        entry = self.shadows.get(key)
+        if entry is None or not entry.exists:
+            raise no_shadow_error(topic.thing, topic.name or None, token)
+        self._touch(batch, key)
+        self.shadows[key] = Entry(ShadowDocument.empty(entry.doc.version), False)
+        t = self.topics
+        batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "delete", "accepted"),
+                                  dumps(entry.doc.delete_response(token, now))))
+        batch.rejections_on_failure.append(
+            (t.shadow(topic.thing, topic.name, "delete", "rejected"), token))
+        batch.events.append(ShadowDeleted(topic.thing, topic.name, entry.doc.version))
+
+    # -------------------------------------------------------------------- flush
+
+    def _take_batch(self) -> _Batch:
+        batch, self._batch = self._batch, _Batch()
+        return batch
+
+    def _rows(self, batch: _Batch) -> tuple[list[tuple[str, str, int, dict[str, Any]]],
+                                            dict[str, dict[str, Any]]]:
+        docs, reported = [], {}
+        for key in batch.dirty:
+            entry = self.shadows[key]
+            docs.append((key[0], key[1], entry.doc.version, entry.stored()))
+            if key[1] == "" and entry.exists:
+                reported[key[0]] = entry.doc.reported
+        return docs, reported
+
+    async def flush(self, publish: Publisher) -> int:
+        """Commit the current batch, then publish its answers. Returns messages published."""
+        batch = self._take_batch()
+        if not batch.out:
+            return 0
+        if batch.dirty:
+            docs, reported = self._rows(batch)
+            try:
+                # The commit runs in a thread so this loop keeps reading requests meanwhile.
+                await asyncio.to_thread(self.registry.save_shadows, docs, reported)
+            except Exception:
+                log.exception("shadow batch of %d documents failed to commit", len(docs))
+                self.stats["failed_batches"] += 1
+                for key, before in batch.dirty.items():
+                    if before is None:
+                        self.shadows.pop(key, None)
+                    else:
+                        self.shadows[key] = before
+                now = int(self.clock())
+                failed = [
+                    Outgoing(topic, dumps(error_payload(internal_error(token), now)))
+                    for topic, token in batch.rejections_on_failure
+                ]
+                await publish(failed)
+                return len(failed)
+        self.stats["batches"] += 1
+        await publish(batch.out)
+        for event in batch.events:
+            self.events.emit(event)
+        return len(batch.out)
+
+    async def run(self, publish: Publisher, stop: asyncio.Event) -> None:
+        """Flush every ``flush_interval_ms`` while there is work, until ``stop``."""
+        interval = self.settings.flush_interval_ms / 1000
+        while not stop.is_set():
+            waker = asyncio.ensure_future(self._wakeup.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._wakeup.clear()
+            await asyncio.sleep(interval)  # gather a batch
+            await self.flush(publish)
+        await self.flush(publish)
