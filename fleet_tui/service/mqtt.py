@@ -15,6 +15,9 @@ import aiomqtt
 from fleet_tui.service.outbox import Outgoing
 
 log = logging.getLogger(__name__)
+# aiomqtt warns on every publish beyond 10 awaiting their PUBACK; batches do that by design.
+_paho_log = logging.getLogger("fleet_tui.service.mqtt.client")
+_paho_log.setLevel(logging.ERROR)
 MessageHandler = Callable[[str, bytes], None]
 
 
@@ -54,6 +57,7 @@ class MqttSession:
             self.host,
             self.port,
             identifier=self.client_id,
+            logger=_paho_log,
             protocol=self.protocol,
             will=self.will,
             keepalive=self.keepalive,
