@@ -120,6 +120,7 @@ int app_run(const host_options_t *o)
             ev = port_linux_next_event(&ctx, 0);
         }
         fleet_device_tick(&dev);
+        port_linux_service(&ctx);
     }
     fleet_device_power_off(&dev);
     port_linux_stop(&ctx, POWER_OFF_FLUSH_MS);

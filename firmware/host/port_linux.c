@@ -23,6 +23,8 @@ static const char *TAG = "port";
 #define MAX_QUEUED_EVENTS 10000
 #define HTTP_TIMEOUT_S 60L
 #define REBOOT_FLUSH_MS 3000u
+#define RECONNECT_MIN_S 1u
+#define RECONNECT_MAX_S 16u
 
 /* ---- event queue (filled by libmosquitto's thread) ---- */
 
@@ -543,8 +545,6 @@ int port_linux_init(host_port_t *p, fleet_port_t *port, const host_options_t *op
 
 int port_linux_start_mqtt(host_port_t *p, const char *will_topic, const char *will_payload)
 {
-    int rc;
-
     mosquitto_lib_init();
     p->mosq = mosquitto_new(p->opts->thing, true, p);
     if (p->mosq == NULL) {
@@ -561,22 +561,39 @@ int port_linux_start_mqtt(host_port_t *p, const char *will_topic, const char *wi
         return -1;
     }
     (void)mosquitto_int_option(p->mosq, MOSQ_OPT_TCP_NODELAY, 1);
-    (void)mosquitto_reconnect_delay_set(p->mosq, 1, 30, true);
+    (void)mosquitto_reconnect_delay_set(p->mosq, RECONNECT_MIN_S, RECONNECT_MAX_S, true);
     HOST_LOGI(TAG, "connecting to %s:%d as %s", p->opts->broker_host, p->opts->broker_port,
               p->opts->thing);
+    p->connect_backoff_s = RECONNECT_MIN_S;
+    port_linux_service(p);
+    return 0;
+}
+
+void port_linux_service(host_port_t *p)
+{
+    int rc;
+
+    if (p->mosq == NULL || p->loop_started || host_log_uptime_ms() < p->next_connect_ms) {
+        return;
+    }
     rc = mosquitto_connect_async(p->mosq, p->opts->broker_host, p->opts->broker_port,
                                  p->opts->keepalive_s);
     if (rc != MOSQ_ERR_SUCCESS) {
-        /* The network thread retries with backoff; a broker that is down is not fatal. */
-        HOST_LOGW(TAG, "connect failed: %s; retrying",
-                  rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        /* The network thread would not retry a first connect that failed at once. */
+        HOST_LOGW(TAG, "connect failed: %s; retrying in %u s",
+                  rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc),
+                  p->connect_backoff_s);
+        p->next_connect_ms = host_log_uptime_ms() + p->connect_backoff_s * 1000ULL;
+        p->connect_backoff_s = p->connect_backoff_s * 2 > RECONNECT_MAX_S ? RECONNECT_MAX_S
+                                                                          : p->connect_backoff_s * 2;
+        return;
     }
     rc = mosquitto_loop_start(p->mosq);
     if (rc != MOSQ_ERR_SUCCESS) {
         HOST_LOGE(TAG, "cannot start the MQTT thread: %s", mosquitto_strerror(rc));
-        return -1;
+        return;
     }
-    return 0;
+    p->loop_started = true;
 }
 
 void port_linux_stop(host_port_t *p, uint32_t flush_timeout_ms)
@@ -584,9 +601,11 @@ void port_linux_stop(host_port_t *p, uint32_t flush_timeout_ms)
     if (p->mosq == NULL) {
         return;
     }
-    wait_unacked(p, flush_timeout_ms);
-    mosquitto_disconnect(p->mosq);
-    mosquitto_loop_stop(p->mosq, false);
+    if (p->loop_started) {
+        wait_unacked(p, flush_timeout_ms);
+        mosquitto_disconnect(p->mosq);
+        mosquitto_loop_stop(p->mosq, false);
+    }
     mosquitto_destroy(p->mosq);
     p->mosq = NULL;
     mosquitto_lib_cleanup();

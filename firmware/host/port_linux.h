@@ -53,6 +53,11 @@ typedef struct {
     bool staged;
 
     uint32_t rng;
+
+    /* libmosquitto only reconnects once a first connect got under way. */
+    bool loop_started;
+    unsigned long long next_connect_ms;
+    unsigned connect_backoff_s;
 } host_port_t;
 
 /* Fills port (the function table) and ctx. 0 on success. */
@@ -61,6 +66,9 @@ int port_linux_init(host_port_t *ctx, fleet_port_t *port, const host_options_t *
 
 /* Connects asynchronously (the network thread keeps reconnecting with backoff). */
 int port_linux_start_mqtt(host_port_t *ctx, const char *will_topic, const char *will_payload);
+
+/* Retries a failed first connect with backoff; call from the app loop. */
+void port_linux_service(host_port_t *ctx);
 
 /* Waits up to timeout_ms for an event; returns it (caller frees) or NULL. */
 port_event_t *port_linux_next_event(host_port_t *ctx, uint32_t timeout_ms);

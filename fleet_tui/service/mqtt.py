@@ -132,7 +132,7 @@ class MqttSession:
         client = self.client
         if client is None or not messages:
             return 0
-        paho = client._client  # noqa: SLF001 - aiomqtt's paho client; see docstring
+        paho = client._client  # aiomqtt's paho client; see the docstring
         sent = 0
         for i, m in enumerate(messages, 1):
             info = paho.publish(m.topic, m.payload, m.qos, m.retain)
