@@ -262,8 +262,14 @@ def _register_service(sub: Any) -> None:
     register(sub)
 
 
+def _register_sim(sub: Any) -> None:
+    from fleet_tui.sim.cli import register
+
+    register(sub)
+
+
 #: Other modules (service, sim, console) add their sub-commands here.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service]
+EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_sim]
 
 
 def _format_error(err: Exception) -> str:

@@ -4,7 +4,7 @@
 # missing otherwise. Safe to run again: it does nothing when everything is there.
 set -euo pipefail
 PKGS=(mosquitto mosquitto-clients libmosquitto-dev libcjson-dev libcurl4-openssl-dev libssl-dev
-      cmake gcc make pkg-config gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf tmux)
+      cmake gcc make pkgconf gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@
 #include "fleet/document.h"
 #include "fleet/version.h"
 #include "log.h"
+#include "text.h"
 
 static const char *TAG = "fleet_device";
 

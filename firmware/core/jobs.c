@@ -7,6 +7,7 @@
 #include "device_internal.h"
 #include "fleet/document.h"
 #include "log.h"
+#include "text.h"
 
 static const char *TAG = "fleet_jobs";
 

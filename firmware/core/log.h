@@ -18,9 +18,4 @@ void fleet_log(const fleet_port_t *port, fleet_log_level_t level, const char *ta
 #define FLEET_LOGI(port, tag, ...) fleet_log((port), FLEET_LOG_INFO, (tag), __VA_ARGS__)
 #define FLEET_LOGD(port, tag, ...) fleet_log((port), FLEET_LOG_DEBUG, (tag), __VA_ARGS__)
 
-/* Bounded copy that always terminates; returns false if src was truncated. */
-#include <stdbool.h>
-#include <stddef.h>
-bool fleet_strlcpy(char *dst, const char *src, size_t dst_len);
-
 #endif /* FLEET_LOG_H */

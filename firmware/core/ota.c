@@ -5,6 +5,7 @@
 
 #include "fleet/version.h"
 #include "log.h"
+#include "text.h"
 
 static const char *TAG = "fleet_ota";
 

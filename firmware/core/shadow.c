@@ -5,6 +5,7 @@
 
 #include "fleet/version.h"
 #include "log.h"
+#include "text.h"
 
 static void append_error(fleet_delta_t *d, const char *key, const char *reason)
 {

@@ -411,6 +411,11 @@ static void port_reboot(void *ctx)
     host_port_t *p = ctx;
 
     wait_unacked(p, REBOOT_FLUSH_MS);
+    pthread_mutex_lock(&p->lock);
+    if (p->unacked > 0) {
+        HOST_LOGW(TAG, "%d publishes still unacknowledged", p->unacked);
+    }
+    pthread_mutex_unlock(&p->lock);
     HOST_LOGI(TAG, "rebooting");
     /* No DISCONNECT: like a real reset, the broker sees the link drop (last will). */
     _exit(APP_EXIT_REBOOT);
