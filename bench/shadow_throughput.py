@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -72,10 +73,8 @@ async def flood(port: int, topics: list[str], replies: str, payload_of, timeout:
         for start in range(0, len(topics), 200):
             await asyncio.gather(*(c.publish(t, payload_of(i), qos=1)
                                    for i, t in enumerate(topics[start:start + 200], start)))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), timeout)
-        except TimeoutError:
-            pass
         elapsed = time.perf_counter() - t0
         reader.cancel()
     return got / elapsed, got, elapsed
@@ -143,7 +142,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--seconds", type=float, default=10)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     broker = Mosquitto().start()
     lines: list[str] = []
