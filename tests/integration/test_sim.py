@@ -281,8 +281,10 @@ async def test_broker_restart_devices_reconnect_and_rereport(mosquitto: Mosquitt
 
 
 def test_cli_sim_runs_and_stops_on_sigterm(mosquitto: Mosquitto) -> None:
+    # `fleet-tui sim`, also before fleet_tui.cli registers the sub-command itself
     code = ("import sys; from fleet_tui import cli; from fleet_tui.sim.cli import register\n"
-            "if register not in cli.EXTRA_COMMANDS: cli.EXTRA_COMMANDS.append(register)\n"
+            "try:\n    cli.build_parser().parse_args(['sim'])\n"
+            "except SystemExit:\n    cli.EXTRA_COMMANDS.append(register)\n"
             "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "sim", "--devices", "5", "--broker", mosquitto.url,
