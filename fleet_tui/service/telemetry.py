@@ -4,7 +4,7 @@ for sparklines. Everything is in memory and written to the registry in batches."
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import orjson
 
@@ -39,6 +39,7 @@ class TelemetryIngest:
         self.thresholds = thresholds_from(self.settings)
         self.latest: dict[str, tuple[str, dict[str, object]]] = {}
         self.loops: dict[str, RebootLoopDetector] = {}
+        self.last_errors: dict[str, int] = {}
         self.buckets: dict[BucketKey, Bucket] = {}
         self.dirty_health: set[str] = set()
         self.dirty_buckets: set[BucketKey] = set()
@@ -55,9 +56,14 @@ class TelemetryIngest:
             self.rejected += 1
             log.debug("bad telemetry from %s: %s", thing, err)
             return False
-        state, reasons = classify(sample, self.thresholds)
         detector = self.loops.setdefault(thing, RebootLoopDetector())
-        detector.observe(now, sample.uptime_s)
+        rebooted = detector.observe(now, sample.uptime_s)
+        # Devices count errors since boot; health thresholds are per telemetry interval.
+        previous = self.last_errors.get(thing)
+        self.last_errors[thing] = sample.errors
+        if previous is not None and not rebooted and sample.errors >= previous:
+            sample = replace(sample, errors=sample.errors - previous)
+        state, reasons = classify(sample, self.thresholds)
         if detector.in_loop(now):
             state = HealthState.UNHEALTHY
             reasons = [*reasons, f"reboot loop: {detector.resets_in_window(now)} resets"]

@@ -247,3 +247,20 @@ async def test_ten_thousand_malformed_payloads_are_rejected_and_change_nothing(
         assert after == before
         assert svc.session.connected.is_set()
     assert len(list(registry.load_shadows())) == len(existing)
+
+
+async def test_errors_since_boot_are_judged_per_interval(
+    mosquitto: Mosquitto, registry: Registry
+) -> None:
+    settings = settings_for(mosquitto.url, "unused")
+    async with running_service(settings, registry) as svc, peer(mosquitto.url, []) as dev:
+        base = {"ts": time.time(), "uptime_s": 100, "heap_free": 180000, "rssi": -60,
+                "cpu_pct": 20.0, "temp_c": 40.0, "reset_reason": "poweron"}
+        # 50 errors since boot, but only 1 new per interval afterwards: healthy again.
+        for i, errors in enumerate((50, 51, 52)):
+            await dev.publish(T.telemetry("e1"), {**base, "uptime_s": 100 + i, "errors": errors})
+        await eventually(lambda: len(svc.telemetry.last_errors) == 1
+                         and svc.telemetry.last_errors["e1"] == 52)
+        assert svc.telemetry.latest["e1"][0] == "healthy"
+        await dev.publish(T.telemetry("e1"), {**base, "uptime_s": 103, "errors": 80})
+        await eventually(lambda: svc.telemetry.latest["e1"][0] == "unhealthy")
