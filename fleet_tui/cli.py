@@ -262,6 +262,12 @@ def _register_service(sub: Any) -> None:
     register(sub)
 
 
+def _register_console(sub: Any) -> None:
+    from fleet_tui.tui.cli import register
+
+    register(sub)
+
+
 def _register_sim(sub: Any) -> None:
     from fleet_tui.sim.cli import register
 
@@ -269,7 +275,7 @@ def _register_sim(sub: Any) -> None:
 
 
 #: Other modules (service, sim, console) add their sub-commands here.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_sim]
+EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_sim, _register_console]
 
 
 def _format_error(err: Exception) -> str:
