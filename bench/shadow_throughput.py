@@ -49,6 +49,52 @@ asyncio.run(main())
 """
 
 
+ECHO_LITE = """
+import asyncio, sys
+from fleet_tui.sim.mqtt_lite import MqttClient
+async def main():
+    box = {}
+    def on_message(topic, payload):
+        box["c"].publish("bench/out/" + topic[9:], payload, qos=1)
+    box["c"] = await MqttClient.connect("127.0.0.1", int(sys.argv[1]), "echo",
+                                        on_message=on_message)
+    await box["c"].subscribe([("bench/in/#", 1)])
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def flood_lite(port: int, topics: list[str], replies: str, payload_of,
+                     timeout: float = 300):
+    """Like :func:`flood` with the simulator's light MQTT client as the load generator."""
+    from fleet_tui.sim.mqtt_lite import MqttClient
+
+    got = 0
+    done = asyncio.Event()
+
+    def on_message(_topic: str, _payload: bytes) -> None:
+        nonlocal got
+        got += 1
+        if got >= len(topics):
+            done.set()
+
+    c = await MqttClient.connect("127.0.0.1", port, "load-lite", on_message=on_message)
+    await c.subscribe([(replies, 1)])
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    for i, topic in enumerate(topics):
+        c.publish(topic, payload_of(i), qos=1)
+        if c.unacked > 500:  # stay within the broker's in-flight window
+            while c.unacked > 100:
+                await asyncio.sleep(0.001)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout)
+    elapsed = time.perf_counter() - t0
+    await c.disconnect()
+    return got / elapsed, got, elapsed
+
+
 def client(port: int, name: str) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", port, identifier=name, max_inflight_messages=1000,
                           socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
@@ -141,6 +187,8 @@ def main() -> int:
     ap.add_argument("--updates", type=int, default=30_000)
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--load-client", choices=("aiomqtt", "lite"), default="aiomqtt",
+                    help="client of the load generator and the echo baseline (same for both)")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -148,15 +196,18 @@ def main() -> int:
     lines: list[str] = []
     tmp = Path(tempfile.mkdtemp())
     try:
-        echo = subprocess.Popen([sys.executable, "-c", ECHO, str(broker.port)],
-                                stdout=subprocess.PIPE)
+        lite = args.load_client == "lite"
+        run_flood = flood_lite if lite else flood
+        echo = subprocess.Popen([sys.executable, "-c", ECHO_LITE if lite else ECHO,
+                                 str(broker.port)], stdout=subprocess.PIPE, cwd=ROOT)
         assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
         topics = [f"bench/in/{i % args.things}" for i in range(args.updates)]
         echo_rate, echo_n, echo_s = asyncio.run(
-            flood(broker.port, topics, "bench/out/#", lambda i: b'{"seq": %d}' % i))
+            run_flood(broker.port, topics, "bench/out/#", lambda i: b'{"seq": %d}' % i))
         echo.send_signal(signal.SIGTERM)
         echo.wait(10)
-        print(f"raw echo (aiomqtt, QoS1): {echo_n} in {echo_s:.1f} s = {echo_rate:,.0f} msg/s")
+        print(f"raw echo ({args.load_client}, QoS1): {echo_n} in {echo_s:.1f} s = "
+              f"{echo_rate:,.0f} msg/s")
 
         env = {**os.environ, "FLEET_TUI_DB": f"sqlite:///{tmp / 'bench.db'}",
                "FLEET_TUI_BROKER": broker.url, "FLEET_TUI_CONFIG": str(tmp / "none.toml")}
@@ -165,7 +216,7 @@ def main() -> int:
         time.sleep(3)
         things = [f"esp32-{i:06d}" for i in range(args.things)]
         shadow_topics = [T.shadow(things[i % args.things]) for i in range(args.updates)]
-        rate, n, secs = asyncio.run(flood(
+        rate, n, secs = asyncio.run(run_flood(
             broker.port, shadow_topics, T.shadow("+", "", "update", "accepted"),
             lambda i: orjson.dumps({"state": {"reported": {"seq": i, "led_is_on": i % 2 == 0}},
                                     "clientToken": f"t{i}"})))
