@@ -161,7 +161,7 @@ def import_fleet(registry: Registry, path: Path) -> ImportReport:
                 raise RegistryError(
                     f"{file}: unknown kind of file (expected {', '.join(FILES)})"
                 )
-    registry._groups = None
+    registry.invalidate_groups()
     return report
 
 

@@ -234,16 +234,6 @@ class Registry:
             seen.add(dev_id)
         return conn.execute(sa.select(DEVICE.c.id).where(DEVICE.c.id.in_(ids)).limit(1)).scalar()
 
-    def ensure_device(self, device_id: str, conn: Connection | None = None) -> bool:
-        """Register a device seen on the wire for the first time; True when it was new."""
-        stmt = _insert_ignore(self.dialect, DEVICE).values(
-            id=device_id, online=False, created_at=time.time()
-        )
-        if conn is not None:
-            return bool(conn.execute(stmt).rowcount)
-        with self.transaction() as own:
-            return bool(own.execute(stmt).rowcount)
-
     def get_device(self, device_id: str) -> DeviceRecord:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(DEVICE).where(DEVICE.c.id == device_id)).first()
@@ -489,6 +479,10 @@ class Registry:
             self._groups = nodes
             self._groups_loaded = time.monotonic()
         return self._groups
+
+    def invalidate_groups(self) -> None:
+        """Drop cached group definitions (after writes made through a shared transaction)."""
+        self._groups = None
 
     def get_group(self, name: str) -> GroupNode:
         groups = self._load_groups()
