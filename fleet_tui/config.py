@@ -69,6 +69,18 @@ class HealthSettings:
 
 
 @dataclass
+class JobsSettings:
+    # The engine's decision loop: releases, timeouts, gates (seconds).
+    tick_s: float = 1.0
+    # The engine lease: a second `serve` takes over this long after the holder died.
+    lease_ttl_s: float = 15.0
+    # Relative release URLs (sample_data/releases.json) are resolved against this.
+    firmware_base_url: str = ""
+    # Run the job/rollout engine in `serve` (off: shadows and telemetry only).
+    engine: bool = True
+
+
+@dataclass
 class Settings:
     db: str = field(default_factory=default_db_url)
     broker: str = "127.0.0.1:1883"
@@ -79,6 +91,7 @@ class Settings:
     read_only: bool = False
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     keymap: dict[str, str] = field(default_factory=dict)
     config_path: Path | None = None
 

@@ -130,7 +130,12 @@ class Job(SQLModel, table=True):
 
 class JobExecution(SQLModel, table=True):
     __tablename__ = "job_execution"
-    __table_args__ = (sa.Index("ix_job_execution_status", "job_id", "status"),)
+    __table_args__ = (
+        sa.Index("ix_job_execution_status", "job_id", "status"),
+        sa.Index("ix_job_execution_seq", "job_id", "seq"),
+        sa.Index("ix_job_execution_notified", "job_id", "notified_at"),
+        sa.Index("ix_job_execution_state", "status", "job_id"),
+    )
 
     job_id: str = Field(
         sa_column=Column(
@@ -139,12 +144,20 @@ class JobExecution(SQLModel, table=True):
     )
     device_id: str = Field(sa_column=Column(sa.String(128), primary_key=True, index=True))
     status: str = Field(max_length=16)
+    # Release order within the job (deterministic; the rate limiter walks it).
+    seq: int = 0
     attempt: int = 0
     version_number: int = 0
     status_details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Per-device parameters (a rollback's target version differs per device).
+    params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     skip_reason: str | None = None
     queued_at: float = 0.0
+    # When the device was told (notify-next or desired state): the durable basis of the
+    # rate limit, so a restarted engine keeps to it.
+    notified_at: float | None = None
     started_at: float | None = None
+    finished_at: float | None = None
     updated_at: float = 0.0
 
 

@@ -10,9 +10,9 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,8 +31,11 @@ from fleet_tui.domain.query import (
 )
 from fleet_tui.domain.version import VersionError, is_version_field, parse_version, version_key
 from fleet_tui.registry import migrate
+from fleet_tui.registry.audit import AuditLog, locked_transaction
 from fleet_tui.registry.engine import create_registry_engine
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
+from fleet_tui.registry.jobs_store import JobStore
+from fleet_tui.registry.leases import Leases
 from fleet_tui.registry.models import (
     SOURCE_OPERATOR,
     SOURCE_REPORTED,
@@ -44,6 +47,7 @@ from fleet_tui.registry.models import (
     Shadow,
     Tag,
 )
+from fleet_tui.registry.rollouts_store import RolloutStore
 
 DEVICE = Device.__table__  # type: ignore[attr-defined]
 TAG = Tag.__table__  # type: ignore[attr-defined]
@@ -753,6 +757,28 @@ class Registry:
                 sa.select(SHADOW.c.document).where(SHADOW.c.thing_id == thing,
                                                    SHADOW.c.name == name)
             ).scalar()
+
+    # ------------------------------------------------- jobs, rollouts, audit, leases
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.engine)
+
+    @cached_property
+    def rollouts(self) -> RolloutStore:
+        return RolloutStore(self.engine)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.engine)
+
+    @cached_property
+    def leases(self) -> Leases:
+        return Leases(self.engine)
+
+    def locked(self) -> AbstractContextManager[Connection]:
+        """A transaction holding the registry's write lock (see locked_transaction)."""
+        return locked_transaction(self.engine)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -17,8 +17,10 @@ from fleet_tui.config import Settings
 from fleet_tui.domain.health import expiry_cutoff
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.events import EventBus
+from fleet_tui.service.jobs import JobsEngine
 from fleet_tui.service.mqtt import MqttSession
 from fleet_tui.service.presence import PresenceTracker
+from fleet_tui.service.rollouts import RolloutEngine
 from fleet_tui.service.shadows import ShadowService
 from fleet_tui.service.telemetry import WIDTHS, TelemetryIngest
 from fleet_tui.service.topics import Topics, valid_thing
@@ -46,9 +48,16 @@ class FleetService:
                                         settings.health.gone_dark_intervals)
         self.telemetry = TelemetryIngest(self.events, settings.health)
         self.client_id = client_id or f"fleet-tui-service-{socket.gethostname()}-{os.getpid()}"
+        self.jobs = JobsEngine(settings, registry, self.topics, shadows=self.shadows,
+                               presence=self.presence, telemetry=self.telemetry,
+                               events=self.events, clock=clock, holder=self.client_id)
+        self.jobs.rollouts = RolloutEngine(registry, self.jobs)
+        subscriptions = self.topics.service_subscriptions()
+        if settings.jobs.engine:
+            subscriptions += self.topics.jobs_subscriptions()
         self.session = MqttSession(
             settings.broker_host, settings.broker_port, self.client_id,
-            self.topics.service_subscriptions(), self.dispatch,
+            subscriptions, self.dispatch,
         )
         self.ready = asyncio.Event()
         self.ingest_interval = 1.0
@@ -68,6 +77,11 @@ class FleetService:
         shadow = self.topics.parse_shadow(topic)
         if shadow is not None:
             self.shadows.handle(shadow, payload)
+            return
+        jobs = self.topics.parse_jobs(topic)
+        if jobs is not None:
+            if self.settings.jobs.engine:
+                self.jobs.handle(jobs, payload)
             return
         fleet = self.topics.parse_fleet(topic)
         if fleet is None or not valid_thing(fleet.thing):
@@ -92,6 +106,9 @@ class FleetService:
             asyncio.create_task(self.shadows.run(self.session.publish_many, stop), name="shadows"),
             asyncio.create_task(self._ingest_loop(stop), name="ingest"),
         ]
+        if self.settings.jobs.engine:
+            tasks.append(asyncio.create_task(self.jobs.run(self.session.publish_many, stop),
+                                             name="jobs"))
         self.ready.set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -141,4 +158,5 @@ class FleetService:
 
     def stats(self) -> dict[str, Any]:
         return {**self.shadows.stats, "shadows": len(self.shadows.shadows),
+                "engine": {**self.jobs.stats, "leader": self.jobs.is_leader},
                 "bad_presence": self.presence.rejected, "bad_telemetry": self.telemetry.rejected}

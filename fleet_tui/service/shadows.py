@@ -144,6 +144,11 @@ class ShadowService:
                 err.client_token = token
             self._reject(batch, topic, err, now)
 
+    def handle_internal(self, thing: str, payload: bytes) -> None:
+        """An update of a classic shadow from inside the service (the job engine's desired
+        OTA state), through exactly the path a device's or an app's request takes."""
+        self.handle(ShadowTopic(thing, "", "update"), payload)
+
     def _reject(self, batch: _Batch, topic: ShadowTopic, err: ShadowError, now: int) -> None:
         self.stats["rejected"] += 1
         out = self.topics.shadow(topic.thing, topic.name, topic.op, "rejected")

@@ -1,0 +1,338 @@
+"""Jobs and their executions in the registry. Every execution state change is a
+conditional UPDATE (``WHERE status IN (...)``), so a stale view (an engine that lost its
+lease, a cancel from the CLI racing a device's update) can never move an execution
+backwards or finish it twice. Engine writes run inside :func:`locked_transaction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from fleet_tui.domain.jobs import (
+    ACTIVE_STATES,
+    IN_PROGRESS,
+    JOB_ACTIVE,
+    QUEUED,
+    TERMINAL_STATES,
+)
+from fleet_tui.registry.errors import NotFound
+from fleet_tui.registry.models import Job, JobExecution
+
+JOB = Job.__table__  # type: ignore[attr-defined]
+EXECUTION = JobExecution.__table__  # type: ignore[attr-defined]
+CHUNK = 5000  # rows per executemany / IN list
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    job_type: str
+    document: dict[str, Any]
+    target: dict[str, Any]
+    settings: dict[str, Any]
+    status: str
+    reason: str
+    rollout_id: str | None
+    created_by: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRow:
+    job_id: str
+    device_id: str
+    status: str
+    seq: int
+    attempt: int
+    version_number: int
+    status_details: dict[str, Any] | None
+    params: dict[str, Any] | None
+    skip_reason: str | None
+    queued_at: float
+    notified_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+
+def _job(r: Any) -> JobRow:
+    return JobRow(r.id, r.job_type, dict(r.document), dict(r.target), dict(r.settings),
+                  r.status, r.reason, r.rollout_id, r.created_by, r.created_at, r.updated_at)
+
+
+def _execution(r: Any) -> ExecutionRow:
+    return ExecutionRow(r.job_id, r.device_id, r.status, r.seq, r.attempt, r.version_number,
+                        r.status_details, r.params, r.skip_reason, r.queued_at, r.notified_at,
+                        r.started_at, r.finished_at, r.updated_at)
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass(frozen=True, slots=True)
+class NewExecution:
+    device_id: str
+    status: str  # QUEUED or SKIPPED
+    skip_reason: str | None = None
+    params: Mapping[str, Any] | None = None
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ----------------------------------------------------------------- creation
+
+    def insert(self, conn: Connection, job: Mapping[str, Any],
+               executions: Sequence[NewExecution]) -> None:
+        if conn.execute(sa.select(JOB.c.id).where(JOB.c.id == job["id"])).first():
+            from fleet_tui.registry.errors import Conflict
+
+            raise Conflict(f"job {job['id']!r} already exists")
+        conn.execute(JOB.insert().values(**job))
+        now = job["created_at"]
+        rows = [{"job_id": job["id"], "device_id": e.device_id, "status": e.status,
+                 "seq": i, "attempt": 0, "version_number": 1, "skip_reason": e.skip_reason,
+                 "params": dict(e.params) if e.params else None, "queued_at": now,
+                 "updated_at": now,
+                 "finished_at": now if e.status in TERMINAL_STATES else None}
+                for i, e in enumerate(executions)]
+        for chunk in _chunks(rows):
+            conn.execute(EXECUTION.insert(), list(chunk))
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, job_id: str, conn: Connection | None = None) -> JobRow:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.get(job_id, own)
+        row = conn.execute(sa.select(JOB).where(JOB.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return _job(row)
+
+    def list_jobs(self, *, status: Sequence[str] | None = None, rollout_id: str | None = None,
+             limit: int = 100) -> list[JobRow]:
+        stmt = sa.select(JOB).order_by(JOB.c.created_at.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(JOB.c.status.in_(list(status)))
+        if rollout_id is not None:
+            stmt = stmt.where(JOB.c.rollout_id == rollout_id)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def active(self, conn: Connection) -> list[JobRow]:
+        stmt = sa.select(JOB).where(JOB.c.status.in_(list(JOB_ACTIVE))).order_by(
+            JOB.c.created_at)
+        return [_job(r) for r in conn.execute(stmt)]
+
+    def counts(self, job_ids: Sequence[str], conn: Connection | None = None
+               ) -> dict[str, dict[str, int]]:
+        """job -> {status: executions}."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.counts(job_ids, own)
+        out: dict[str, dict[str, int]] = {j: {} for j in job_ids}
+        if not job_ids:
+            return out
+        stmt = (sa.select(EXECUTION.c.job_id, EXECUTION.c.status, sa.func.count())
+                .where(EXECUTION.c.job_id.in_(list(job_ids)))
+                .group_by(EXECUTION.c.job_id, EXECUTION.c.status))
+        for job_id, status, n in conn.execute(stmt):
+            out[job_id][status] = int(n)
+        return out
+
+    def executions(self, job_id: str, *, status: Sequence[str] | None = None,
+                   offset: int = 0, limit: int | None = None,
+                   conn: Connection | None = None) -> list[ExecutionRow]:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.executions(job_id, status=status, offset=offset, limit=limit,
+                                       conn=own)
+        stmt = sa.select(EXECUTION).where(EXECUTION.c.job_id == job_id).order_by(
+            EXECUTION.c.seq).offset(offset)
+        if status:
+            stmt = stmt.where(EXECUTION.c.status.in_(list(status)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [_execution(r) for r in conn.execute(stmt)]
+
+    def execution(self, conn: Connection, job_id: str, device_id: str) -> ExecutionRow | None:
+        row = conn.execute(sa.select(EXECUTION).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.device_id == device_id)).first()
+        return _execution(row) if row else None
+
+    def device_executions(self, device_id: str, limit: int = 50) -> list[ExecutionRow]:
+        stmt = (sa.select(EXECUTION).where(EXECUTION.c.device_id == device_id)
+                .order_by(EXECUTION.c.queued_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [_execution(r) for r in conn.execute(stmt)]
+
+    def busy_devices(self, conn: Connection, device_ids: Sequence[str], job_type: str
+                     ) -> dict[str, str]:
+        """device -> the active job of ``job_type`` it is already part of."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(device_ids)):
+            stmt = (sa.select(EXECUTION.c.device_id, EXECUTION.c.job_id)
+                    .join(JOB, JOB.c.id == EXECUTION.c.job_id)
+                    .where(EXECUTION.c.device_id.in_(list(chunk)),
+                           EXECUTION.c.status.in_(list(ACTIVE_STATES)),
+                           JOB.c.job_type == job_type, JOB.c.status.in_(list(JOB_ACTIVE))))
+            out.update({d: j for d, j in conn.execute(stmt)})
+        return out
+
+    def pending_for_devices(self, conn: Connection, device_ids: Sequence[str]
+                            ) -> dict[str, list[ExecutionRow]]:
+        """Per device, its notified executions still QUEUED or IN_PROGRESS (oldest first):
+        what the AWS Jobs API shows the device."""
+        out: dict[str, list[ExecutionRow]] = {d: [] for d in device_ids}
+        for chunk in _chunks(list(device_ids)):
+            stmt = (sa.select(EXECUTION)
+                    .where(EXECUTION.c.device_id.in_(list(chunk)),
+                           EXECUTION.c.status.in_(list(ACTIVE_STATES)),
+                           EXECUTION.c.notified_at.is_not(None))
+                    .order_by(EXECUTION.c.notified_at, EXECUTION.c.job_id))
+            for r in conn.execute(stmt):
+                out[r.device_id].append(_execution(r))
+        return out
+
+    # ------------------------------------------------------------ engine writes
+
+    def started_since(self, conn: Connection, job_id: str, since: float) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at >= since)).scalar() or 0)
+
+    def notified_total(self, conn: Connection, job_id: str) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at.is_not(None))).scalar() or 0)
+
+    def in_flight(self, conn: Connection, job_id: str) -> int:
+        """Executions the device was told about and that have not finished."""
+        return int(conn.execute(sa.select(sa.func.count()).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at.is_not(None),
+            EXECUTION.c.status.in_(list(ACTIVE_STATES)))).scalar() or 0)
+
+    def release(self, conn: Connection, job_id: str, n: int, now: float, *, start: bool
+                ) -> list[ExecutionRow]:
+        """Mark the next ``n`` unnotified QUEUED executions (in ``seq`` order) notified;
+        with ``start`` they go IN_PROGRESS at once (the shadow carries the job)."""
+        if n <= 0:
+            return []
+        rows = conn.execute(
+            sa.select(EXECUTION.c.device_id).where(
+                EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
+                EXECUTION.c.notified_at.is_(None)).order_by(EXECUTION.c.seq).limit(n)
+        ).scalars().all()
+        if not rows:
+            return []
+        values: dict[str, Any] = {"notified_at": now, "updated_at": now}
+        if start:
+            values.update(status=IN_PROGRESS, started_at=now,
+                          version_number=EXECUTION.c.version_number + 1)
+        for chunk in _chunks(list(rows)):
+            conn.execute(EXECUTION.update().where(
+                EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk)),
+                EXECUTION.c.status == QUEUED, EXECUTION.c.notified_at.is_(None)).values(**values))
+        out: list[ExecutionRow] = []
+        for chunk in _chunks(list(rows)):
+            out += [_execution(r) for r in conn.execute(sa.select(EXECUTION).where(
+                EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk))))]
+        out.sort(key=lambda e: e.seq)
+        return out
+
+    def transition(self, conn: Connection, job_id: str, device_ids: Sequence[str],
+                   from_states: Iterable[str], to: str, now: float, *,
+                   details: Mapping[str, Any] | None = None) -> list[str]:
+        """Move executions that are still in ``from_states`` to ``to``; returns the devices
+        that moved (the others had moved on already)."""
+        froms = list(from_states)
+        moved: list[str] = []
+        values: dict[str, Any] = {"status": to, "updated_at": now,
+                                  "version_number": EXECUTION.c.version_number + 1}
+        if to in TERMINAL_STATES:
+            values["finished_at"] = now
+        if to == IN_PROGRESS:
+            values["started_at"] = now
+        if details is not None:
+            values["status_details"] = dict(details)
+        for chunk in _chunks(list(device_ids)):
+            where = (EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk)),
+                     EXECUTION.c.status.in_(froms))
+            ids = conn.execute(sa.select(EXECUTION.c.device_id).where(*where)).scalars().all()
+            if ids:
+                conn.execute(EXECUTION.update().where(
+                    EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(ids)),
+                    EXECUTION.c.status.in_(froms)).values(**values))
+                moved += list(ids)
+        return moved
+
+    def update_execution(self, conn: Connection, job_id: str, device_id: str,
+                         expected_status: str, values: Mapping[str, Any]) -> bool:
+        """One device's update, only if its execution is still ``expected_status``."""
+        result = conn.execute(EXECUTION.update().where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.device_id == device_id,
+            EXECUTION.c.status == expected_status).values(
+                version_number=EXECUTION.c.version_number + 1, **values))
+        return bool(result.rowcount)
+
+    def set_details(self, conn: Connection, job_id: str,
+                    details: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Progress notes (e.g. ``ota_status``) of in-progress executions, batched."""
+        if details:
+            conn.execute(
+                EXECUTION.update().where(EXECUTION.c.job_id == job_id,
+                                         EXECUTION.c.device_id == sa.bindparam("b_dev"),
+                                         EXECUTION.c.status == IN_PROGRESS)
+                .values(status_details=sa.bindparam("b_details"), updated_at=now),
+                [{"b_dev": d, "b_details": dict(v)} for d, v in details.items()])
+
+    def timed_out(self, conn: Connection, job_id: str, started_before: float
+                  ) -> list[ExecutionRow]:
+        stmt = sa.select(EXECUTION).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.status == IN_PROGRESS,
+            EXECUTION.c.started_at < started_before)
+        return [_execution(r) for r in conn.execute(stmt)]
+
+    def requeue(self, conn: Connection, job_id: str, device_ids: Sequence[str], now: float
+                ) -> None:
+        """Back to QUEUED for another attempt (a retry): told again when the rate allows."""
+        for chunk in _chunks(list(device_ids)):
+            conn.execute(EXECUTION.update().where(
+                EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk)),
+                EXECUTION.c.status.in_(["FAILED", "TIMED_OUT"])).values(
+                    status=QUEUED, attempt=EXECUTION.c.attempt + 1, notified_at=None,
+                    started_at=None, finished_at=None, updated_at=now,
+                    version_number=EXECUTION.c.version_number + 1))
+
+    def set_status(self, conn: Connection, job_id: str, status: str, reason: str,
+                   now: float, *, only_from: Iterable[str] | None = None) -> bool:
+        stmt = JOB.update().where(JOB.c.id == job_id)
+        if only_from is not None:
+            stmt = stmt.where(JOB.c.status.in_(list(only_from)))
+        return bool(conn.execute(stmt.values(status=status, reason=reason,
+                                             updated_at=now)).rowcount)
+
+    def device_ids(self, conn: Connection, job_id: str, states: Iterable[str]) -> list[str]:
+        return list(conn.execute(sa.select(EXECUTION.c.device_id).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.status.in_(list(states)))
+            .order_by(EXECUTION.c.seq)).scalars())
+
+    def jobs_with_status(self, conn: Connection, states: Iterable[str]) -> list[str]:
+        """Jobs that have executions in one of ``states``."""
+        return list(conn.execute(sa.select(EXECUTION.c.job_id).where(
+            EXECUTION.c.status.in_(list(states))).distinct()).scalars())
+
+    def retryable(self, conn: Connection, job_id: str, states: Iterable[str],
+                  retries: int) -> list[str]:
+        """Devices whose execution ended in ``states`` with attempts left."""
+        return list(conn.execute(sa.select(EXECUTION.c.device_id).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.status.in_(list(states)),
+            EXECUTION.c.attempt < retries)).scalars())

@@ -1,0 +1,541 @@
+"""The job engine: the AWS IoT Jobs MQTT API for devices, and the loop that releases
+executions at the configured rate and concurrency, times them out, retries them, aborts
+jobs and completes them. Firmware updates are carried by the shadow's desired OTA keys and
+count as SUCCEEDED only once the device reports the new version after its reboot and then
+stays online and healthy for the soak time: never before.
+
+Durability: every execution state change commits to the registry before anything about
+it is published (answers to devices, notifications, desired writes), so a killed engine
+neither loses an execution nor starts one twice; the rate limit counts durable
+notification times, so it holds across a restart.
+
+Only the holder of the registry's ``engine`` lease runs the loop and answers devices; a
+second ``serve`` takes over when the holder stops renewing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import orjson
+
+from fleet_tui.config import Settings
+from fleet_tui.domain.jobs import (
+    ACTIVE_STATES,
+    CANCELED,
+    FAILED,
+    IN_PROGRESS,
+    JOB_ABORTED,
+    JOB_ACTIVE,
+    JOB_COMPLETED,
+    JOB_IN_PROGRESS,
+    QUEUED,
+    SHADOW_CARRIED,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    TIMED_OUT,
+    JobSettings,
+    abort_reason,
+    device_transition,
+)
+from fleet_tui.domain.version import VersionError, parse_version
+from fleet_tui.registry.jobs_store import ExecutionRow, JobRow
+from fleet_tui.registry.registry import Registry
+from fleet_tui.service.events import EventBus, PresenceChanged, ShadowChanged, TelemetryReceived
+from fleet_tui.service.outbox import Outgoing
+from fleet_tui.service.topics import JobsTopic, Topics, valid_thing
+
+log = logging.getLogger(__name__)
+Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
+LEASE = "engine"
+OTA_KEYS = ("target_version", "ota_url", "ota_sha256")
+
+
+def same_version(a: object, b: object) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    try:
+        return parse_version(a) == parse_version(b)
+    except VersionError:
+        return a == b
+
+
+@dataclass(slots=True)
+class Watch:
+    """A firmware execution in progress, watched through its device's shadow."""
+
+    job_id: str
+    target: str
+    started_at: float
+    soak_s: float
+    seen_at: float | None = None  # first report of the new version (after the reboot)
+    healthy_since: float | None = None
+    phase: str = ""
+
+
+@dataclass(slots=True)
+class TickResult:
+    out: list[Outgoing] = field(default_factory=list)
+    desired: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # thing -> OTA
+    changed_jobs: set[str] = field(default_factory=set)
+    duration_s: float = 0.0
+
+
+def _now_ms(now: float) -> int:
+    return int(now * 1000)
+
+
+class JobsEngine:
+    def __init__(
+        self, settings: Settings, registry: Registry, topics: Topics, *,
+        shadows: Any, presence: Any, telemetry: Any, events: EventBus,
+        clock: Callable[[], float] = time.time, holder: str = "engine",
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topics = topics
+        self.shadows = shadows
+        self.presence = presence
+        self.telemetry = telemetry
+        self.events = events
+        self.clock = clock
+        self.holder = holder
+        self.tick_s = settings.jobs.tick_s
+        self.is_leader = False
+        self.requests: list[tuple[JobsTopic, bytes]] = []
+        self._wakeup = asyncio.Event()
+        self.watch: dict[str, Watch] = {}
+        self.dirty: set[str] = set()
+        self._job_types: dict[str, str] = {}
+        self.rollouts: Any = None  # RolloutEngine, set by the service
+        self.stats = {"ticks": 0, "requests": 0, "last_tick_ms": 0.0, "max_tick_ms": 0.0}
+        events.subscribe(self._on_event)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, (ShadowChanged, PresenceChanged, TelemetryReceived)) \
+                and event.thing in self.watch:
+            self.dirty.add(event.thing)
+
+    def handle(self, topic: JobsTopic, payload: bytes) -> None:
+        """A device's jobs request; answered after the batch it joins has committed."""
+        self.requests.append((topic, payload))
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, publish: Publisher, stop: asyncio.Event) -> None:
+        last_tick = 0.0
+        last_lease = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.tick_s / 4)
+            self._wakeup.clear()
+            await asyncio.sleep(0.01)  # gather a batch of requests
+            now = self.clock()
+            try:
+                if now - last_lease >= self.settings.jobs.lease_ttl_s / 3:
+                    await self._renew_lease(now)
+                    last_lease = now
+                if self.requests:
+                    batch, self.requests = self.requests, []
+                    if self.is_leader:
+                        out = await asyncio.to_thread(self.serve_requests, batch, now)
+                        await publish(out)
+                if self.is_leader and now - last_tick >= self.tick_s:
+                    last_tick = now
+                    await self.tick_and_publish(publish, now)
+            except Exception:
+                log.exception("job engine step failed; retrying")
+        if self.is_leader:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.registry.leases.release, LEASE, self.holder)
+
+    async def _renew_lease(self, now: float) -> None:
+        was = self.is_leader
+        self.is_leader = await asyncio.to_thread(
+            self.registry.leases.acquire, LEASE, self.holder, self.settings.jobs.lease_ttl_s,
+            now)
+        if self.is_leader and not was:
+            log.info("job engine: %s holds the engine lease", self.holder)
+            await asyncio.to_thread(self.load_watch)
+        elif was and not self.is_leader:
+            log.warning("job engine: lost the engine lease")
+            self.watch.clear()
+
+    async def tick_and_publish(self, publish: Publisher, now: float) -> TickResult:
+        dirty, self.dirty = self.dirty, set()
+        result = await asyncio.to_thread(self.tick, now, dirty)
+        self.apply_desired(result.desired)
+        await publish(result.out)
+        return result
+
+    # ------------------------------------------------------------ firmware watch
+
+    def load_watch(self) -> int:
+        """Rebuild the watch of in-progress firmware executions (after a (re)start)."""
+        self.watch.clear()
+        with self.registry.engine.connect() as conn:
+            for job in self._tended_jobs(conn):
+                if job.job_type not in SHADOW_CARRIED:
+                    continue
+                soak = JobSettings.from_dict(job.settings).soak_s
+                for e in self.registry.jobs.executions(job.id, status=[IN_PROGRESS], conn=conn):
+                    self.watch[e.device_id] = Watch(job.id, self._target_of(job, e),
+                                                    e.started_at or self.clock(), soak)
+        self.dirty.update(self.watch)
+        return len(self.watch)
+
+    @staticmethod
+    def _target_of(job: JobRow, e: ExecutionRow) -> str:
+        return str((e.params or {}).get("release") or job.document["release"])
+
+    def _desired_for(self, version: str) -> dict[str, Any]:
+        release = self.registry.get_release(version)
+        url = release.url
+        base = self.settings.jobs.firmware_base_url
+        if base and "://" not in url:
+            url = urljoin(base if base.endswith("/") else base + "/", url)
+        return {"target_version": release.version, "ota_url": url,
+                "ota_sha256": release.sha256}
+
+    def apply_desired(self, desired: dict[str, dict[str, Any] | None]) -> None:
+        """Write OTA desired state through the shadow service (its own batching and
+        durability apply: the device gets its delta once the document is stored)."""
+        for thing, ota in desired.items():
+            state = ota if ota is not None else dict.fromkeys(OTA_KEYS)
+            payload = orjson.dumps({"state": {"desired": state},
+                                    "clientToken": f"fleet-engine-{_now_ms(self.clock())}"})
+            self.shadows.handle_internal(thing, payload)
+
+    def _evaluate(self, thing: str, w: Watch, now: float
+                  ) -> tuple[str, dict[str, Any]] | None:
+        """SUCCEEDED/FAILED with details, or None (still in progress; ``w`` updated)."""
+        doc = self.shadows.document(thing)
+        reported = doc.reported if doc is not None else {}
+        fw = reported.get("firmware_version")
+        ota_status = reported.get("ota_status")
+        if same_version(fw, w.target):
+            if w.seen_at is None:
+                w.seen_at = now
+            online = bool(self.presence.online.get(thing))
+            latest = self.telemetry.latest.get(thing)
+            health = latest[0] if latest else None
+            if online and health != "unhealthy":
+                if w.healthy_since is None:
+                    w.healthy_since = now
+                w.phase = "soaking"
+                if now - w.healthy_since >= w.soak_s:
+                    return SUCCEEDED, {"firmware_version": fw,
+                                       "soaked_s": round(now - w.healthy_since, 1)}
+            else:
+                w.healthy_since = None
+                w.phase = "confirming" if online else "offline after update"
+            return None
+        stamp = 0.0
+        if doc is not None:
+            meta = doc.metadata.get("reported", {})
+            entry = meta.get("ota_status") if isinstance(meta, dict) else None
+            if isinstance(entry, dict) and isinstance(entry.get("timestamp"), (int, float)):
+                stamp = float(entry["timestamp"])
+        if ota_status == "failed" and stamp >= int(w.started_at):
+            return FAILED, {"reason": str(reported.get("ota_error") or "update failed"),
+                            "firmware_version": fw}
+        if w.seen_at is not None:
+            return FAILED, {"reason": f"rolled back to {fw} after running {w.target}",
+                            "firmware_version": fw}
+        if isinstance(ota_status, str) and ota_status not in ("idle", ""):
+            w.phase = ota_status
+        return None
+
+    # ------------------------------------------------------------------ tick
+
+    def _tended_jobs(self, conn: Any) -> list[JobRow]:
+        """Active jobs, and finished ones that still have executions in progress (a
+        cancel without force lets those run to their end)."""
+        jobs = {j.id: j for j in self.registry.jobs.active(conn)}
+        for job_id in self.registry.jobs.jobs_with_status(conn, [IN_PROGRESS]):
+            if job_id not in jobs:
+                jobs[job_id] = self.registry.jobs.get(job_id, conn)
+        return sorted(jobs.values(), key=lambda j: j.created_at)
+
+    def tick(self, now: float, dirty: set[str] | None = None) -> TickResult:
+        """One engine step in one locked transaction; returns what to publish."""
+        started = time.perf_counter()
+        result = TickResult()
+        dirty = set(dirty or ())
+        dirty.update(t for t, w in self.watch.items()
+                     if w.healthy_since is not None and now - w.healthy_since >= w.soak_s)
+        with self.registry.locked() as conn:
+            jobs = self._tended_jobs(conn)
+            by_id = {j.id: j for j in jobs}
+            # Firmware executions: what the shadows say since the last tick.
+            finished: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+            details: dict[str, dict[str, dict[str, Any]]] = {}
+            for thing in dirty:
+                w = self.watch.get(thing)
+                if w is None or w.job_id not in by_id:
+                    continue
+                before = w.phase
+                verdict = self._evaluate(thing, w, now)
+                if verdict is not None:
+                    finished.setdefault((w.job_id, verdict[0]), []).append((thing, verdict[1]))
+                elif w.phase != before:
+                    details.setdefault(w.job_id, {})[thing] = {"phase": w.phase}
+            for (job_id, status), items in finished.items():
+                for thing, info in items:
+                    if self.registry.jobs.transition(conn, job_id, [thing], [IN_PROGRESS],
+                                                     status, now, details=info):
+                        result.changed_jobs.add(job_id)
+                    self.watch.pop(thing, None)
+            for job_id, notes in details.items():
+                self.registry.jobs.set_details(conn, job_id, notes, now)
+            for job in jobs:
+                self._tick_job(conn, job, now, result)
+            if self.rollouts is not None:
+                self.rollouts.tick(conn, now, result)
+        self.stats["ticks"] += 1
+        result.duration_s = time.perf_counter() - started
+        ms = result.duration_s * 1000
+        self.stats["last_tick_ms"] = ms
+        self.stats["max_tick_ms"] = max(self.stats["max_tick_ms"], ms)
+        return result
+
+    def _tick_job(self, conn: Any, job: JobRow, now: float, result: TickResult) -> None:
+        store = self.registry.jobs
+        settings = JobSettings.from_dict(job.settings)
+        shadow = job.job_type in SHADOW_CARRIED
+        if settings.timeout_s is not None:
+            late = store.timed_out(conn, job.id, now - settings.timeout_s)
+            moved = store.transition(conn, job.id, [e.device_id for e in late], [IN_PROGRESS],
+                                     TIMED_OUT, now,
+                                     details={"reason": f"no result within "
+                                                        f"{settings.timeout_s:g} s"})
+            for thing in moved:
+                self.watch.pop(thing, None)
+            if moved:
+                result.changed_jobs.add(job.id)
+        # Force-canceled firmware executions: stop the device from starting the download.
+        if shadow:
+            for thing in [t for t, w in self.watch.items() if w.job_id == job.id]:
+                e = store.execution(conn, job.id, thing)
+                if e is not None and e.status == CANCELED:
+                    self.watch.pop(thing, None)
+                    result.desired[thing] = None
+        if job.status not in JOB_ACTIVE:
+            return
+        if settings.retries:
+            retry = store.retryable(conn, job.id, settings.retry_on, settings.retries)
+            if retry:
+                store.requeue(conn, job.id, retry, now)
+                result.changed_jobs.add(job.id)
+        counts = store.counts([job.id], conn)[job.id]
+        reason = abort_reason(settings, counts)
+        if reason is not None:
+            queued = store.device_ids(conn, job.id, [QUEUED])
+            store.transition(conn, job.id, queued, [QUEUED], CANCELED, now,
+                             details={"reason": "job aborted"})
+            store.set_status(conn, job.id, JOB_ABORTED, reason, now)
+            self.registry.audit.append(conn, "engine", "system", "job.abort", job.id,
+                                       {"reason": reason, "counts": counts}, ts=now)
+            result.changed_jobs.add(job.id)
+            return
+        if job.status == JOB_IN_PROGRESS:
+            budget = settings.release_budget(
+                store.in_flight(conn, job.id), store.started_since(conn, job.id, now - 60),
+                store.notified_total(conn, job.id), counts.get(SUCCEEDED, 0))
+            released = store.release(conn, job.id, budget, now, start=shadow)
+            if released:
+                result.changed_jobs.add(job.id)
+            for e in released:
+                if shadow:
+                    target = self._target_of(job, e)
+                    self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s)
+                    result.desired[e.device_id] = self._desired_for(target)
+                else:
+                    result.out.append(self._notify_next(e, job, now))
+        idle = not any(counts.get(s, 0) for s in ACTIVE_STATES)
+        if idle and job.id not in result.changed_jobs and store.set_status(
+                conn, job.id, JOB_COMPLETED, "", now, only_from=[JOB_IN_PROGRESS]):
+            self.registry.audit.append(conn, "engine", "system", "job.complete", job.id,
+                                       {"counts": counts}, ts=now)
+            result.changed_jobs.add(job.id)
+
+    # ------------------------------------------------------------ device API
+
+    def _job_type(self, conn: Any, job_id: str) -> str | None:
+        if job_id not in self._job_types:
+            try:
+                self._job_types[job_id] = self.registry.jobs.get(job_id, conn).job_type
+            except Exception:
+                return None
+        return self._job_types[job_id]
+
+    def _document(self, conn: Any, job_id: str) -> dict[str, Any]:
+        return self.registry.jobs.get(job_id, conn).document
+
+    def _execution_payload(self, conn: Any, e: ExecutionRow, *, document: bool = True
+                           ) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "jobId": e.job_id, "thingName": e.device_id, "status": e.status,
+            "queuedAt": int(e.queued_at), "lastUpdatedAt": int(e.updated_at),
+            "versionNumber": e.version_number, "executionNumber": e.attempt + 1,
+        }
+        if e.started_at is not None:
+            data["startedAt"] = int(e.started_at)
+        if e.status_details:
+            data["statusDetails"] = {k: str(v) for k, v in e.status_details.items()}
+        if document:
+            data["jobDocument"] = self._document(conn, e.job_id)
+        return data
+
+    def _notify_next(self, e: ExecutionRow, job: JobRow, now: float) -> Outgoing:
+        execution = {"jobId": e.job_id, "status": QUEUED, "queuedAt": int(e.queued_at),
+                     "lastUpdatedAt": int(now), "versionNumber": e.version_number,
+                     "executionNumber": e.attempt + 1, "jobDocument": job.document}
+        return Outgoing(self.topics.jobs(e.device_id, "notify-next"),
+                        orjson.dumps({"timestamp": int(now), "execution": execution}))
+
+    def serve_requests(self, batch: Sequence[tuple[JobsTopic, bytes]], now: float
+                       ) -> list[Outgoing]:
+        """Answer a batch of device requests in one transaction (answers go out after it
+        commits)."""
+        out: list[Outgoing] = []
+        self.stats["requests"] += len(batch)
+        with self.registry.locked() as conn:
+            things = sorted({t.thing for t, _ in batch if valid_thing(t.thing)})
+            pending = self.registry.jobs.pending_for_devices(conn, things)
+            for topic, payload in batch:
+                out += self._serve_one(conn, topic, payload, pending, now)
+        return out
+
+    def _reject(self, topic: JobsTopic, op: str, code: str, message: str,
+                token: Any, now: float) -> Outgoing:
+        parts = [topic.job_id, op] if topic.job_id else [op]
+        body: dict[str, Any] = {"code": code, "message": message, "timestamp": int(now)}
+        if isinstance(token, str):
+            body["clientToken"] = token
+        return Outgoing(self.topics.jobs(topic.thing, *parts, "rejected"), orjson.dumps(body))
+
+    def _serve_one(self, conn: Any, topic: JobsTopic, payload: bytes,
+                   pending: dict[str, list[ExecutionRow]], now: float) -> list[Outgoing]:
+        op = topic.op
+        if not valid_thing(topic.thing):
+            return []  # nowhere safe to answer: the topic itself is bad
+        try:
+            request = orjson.loads(payload) if payload.strip() else {}
+            if not isinstance(request, dict):
+                raise ValueError("expected a JSON object")
+        except (orjson.JSONDecodeError, ValueError) as err:
+            return [self._reject(topic, op, "InvalidJson", f"payload: {err}", None, now)]
+        token = request.get("clientToken")
+        if token is not None and (not isinstance(token, str) or len(token) > 64):
+            return [self._reject(topic, op, "InvalidRequest",
+                                 "clientToken: a string of at most 64 characters", None, now)]
+        visible = [e for e in pending.get(topic.thing, [])
+                   if self._job_type(conn, e.job_id) not in SHADOW_CARRIED]
+        base: dict[str, Any] = {"timestamp": int(now)}
+        if token is not None:
+            base["clientToken"] = token
+        if op == "start-next":
+            return [self._start_next(conn, topic, request, visible, pending, base, now)]
+        if op == "get" and topic.job_id is None:
+            body = {**base,
+                    "inProgressJobs": [self._summary(e) for e in visible
+                                       if e.status == IN_PROGRESS],
+                    "queuedJobs": [self._summary(e) for e in visible if e.status == QUEUED]}
+            return [Outgoing(self.topics.jobs(topic.thing, "get", "accepted"),
+                             orjson.dumps(body))]
+        assert topic.job_id is not None
+        e = self.registry.jobs.execution(conn, topic.job_id, topic.thing)
+        if e is None or e.notified_at is None:
+            return [self._reject(topic, op, "ResourceNotFound",
+                                 f"no execution of job {topic.job_id} for {topic.thing}",
+                                 token, now)]
+        if op == "get":
+            include = request.get("includeJobDocument", True) is not False
+            body = {**base, "execution": self._execution_payload(conn, e, document=include)}
+            return [Outgoing(self.topics.jobs(topic.thing, topic.job_id, "get", "accepted"),
+                             orjson.dumps(body))]
+        return [self._update(conn, topic, request, e, base, now)]
+
+    @staticmethod
+    def _summary(e: ExecutionRow) -> dict[str, Any]:
+        return {"jobId": e.job_id, "queuedAt": int(e.queued_at),
+                "lastUpdatedAt": int(e.updated_at), "versionNumber": e.version_number,
+                "executionNumber": e.attempt + 1}
+
+    def _start_next(self, conn: Any, topic: JobsTopic, request: dict[str, Any],
+                    visible: list[ExecutionRow], pending: dict[str, list[ExecutionRow]],
+                    base: dict[str, Any], now: float) -> Outgoing:
+        accepted = self.topics.jobs(topic.thing, "start-next", "accepted")
+        running = [e for e in visible if e.status == IN_PROGRESS]
+        queued = [e for e in visible if e.status == QUEUED]
+        if running:  # AWS answers with the execution already in progress
+            return Outgoing(accepted, orjson.dumps(
+                {**base, "execution": self._execution_payload(conn, running[0])}))
+        if not queued:
+            return Outgoing(accepted, orjson.dumps(base))
+        e = queued[0]
+        details = request.get("statusDetails")
+        values: dict[str, Any] = {"status": IN_PROGRESS, "started_at": now, "updated_at": now}
+        if isinstance(details, dict):
+            values["status_details"] = {str(k): str(v) for k, v in details.items()}
+        if not self.registry.jobs.update_execution(conn, e.job_id, e.device_id, QUEUED,
+                                                   values):
+            return Outgoing(accepted, orjson.dumps(base))
+        fresh = self.registry.jobs.execution(conn, e.job_id, e.device_id)
+        assert fresh is not None
+        # Later requests of this batch see the new state.
+        pending[topic.thing] = [fresh if x.job_id == e.job_id else x
+                                for x in pending.get(topic.thing, [])]
+        return Outgoing(accepted, orjson.dumps(
+            {**base, "execution": self._execution_payload(conn, fresh)}))
+
+    def _update(self, conn: Any, topic: JobsTopic, request: dict[str, Any], e: ExecutionRow,
+                base: dict[str, Any], now: float) -> Outgoing:
+        assert topic.job_id is not None
+        token = request.get("clientToken")
+        status = request.get("status")
+        if not isinstance(status, str):
+            return self._reject(topic, "update", "InvalidRequest", "status: required",
+                                token, now)
+        expected = request.get("expectedVersion")
+        if expected is not None and expected != e.version_number:
+            return self._reject(topic, "update", "VersionMismatch",
+                                f"expectedVersion {expected} is not the current "
+                                f"{e.version_number}", token, now)
+        problem = device_transition(e.status, status)
+        if problem is not None:
+            code = "TerminalStateReached" if e.status in TERMINAL_STATES else \
+                "InvalidStateTransition"
+            return self._reject(topic, "update", code, problem, token, now)
+        details = request.get("statusDetails")
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if isinstance(details, dict):
+            values["status_details"] = {str(k)[:128]: str(v)[:1024]
+                                        for k, v in list(details.items())[:10]}
+        if status in TERMINAL_STATES:
+            values["finished_at"] = now
+        if e.started_at is None:
+            values["started_at"] = now
+        if not self.registry.jobs.update_execution(conn, topic.job_id, topic.thing, e.status,
+                                                   values):
+            return self._reject(topic, "update", "VersionMismatch",
+                                "the execution changed meanwhile", token, now)
+        body = {**base, "executionState": {"status": status,
+                                           "statusDetails": values.get("status_details")
+                                           or e.status_details or {},
+                                           "versionNumber": e.version_number + 1}}
+        if request.get("includeJobDocument"):
+            body["jobDocument"] = self._document(conn, topic.job_id)
+        return Outgoing(self.topics.jobs(topic.thing, topic.job_id, "update", "accepted"),
+                        orjson.dumps(body))
