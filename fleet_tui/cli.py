@@ -17,7 +17,9 @@ from typing import Any
 
 from fleet_tui import __version__
 from fleet_tui.config import ConfigError, Settings, load_settings
+from fleet_tui.domain.jobs import JobError
 from fleet_tui.domain.query import QuerySyntaxError
+from fleet_tui.domain.rollout import RolloutError
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.service.client import ServiceError
 
@@ -268,6 +270,12 @@ def _register_console(sub: Any) -> None:
     register(sub)
 
 
+def _register_jobs(sub: Any) -> None:
+    from fleet_tui.service.jobs_cli import register
+
+    register(sub)
+
+
 def _register_sim(sub: Any) -> None:
     from fleet_tui.sim.cli import register
 
@@ -275,7 +283,8 @@ def _register_sim(sub: Any) -> None:
 
 
 #: Other modules (service, sim, console) add their sub-commands here.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_sim, _register_console]
+EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_jobs, _register_sim,
+                                               _register_console]
 
 
 def _format_error(err: Exception) -> str:
@@ -292,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, {"db": args.db, "broker": args.broker})
         handler: Handler = args.handler
         return handler(args, settings)
-    except (CliError, ConfigError, QuerySyntaxError, RegistryError, ServiceError) as err:
+    except (CliError, ConfigError, QuerySyntaxError, RegistryError, ServiceError, JobError,
+            RolloutError) as err:
         print(_format_error(err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -51,7 +51,6 @@ WAVE_FAILED = "FAILED"
 WAVE_CANCELED = "CANCELED"
 
 DEFAULT_PERCENTAGES = (1.0, 10.0, 50.0, 100.0)
-DEFAULT_WAVE_NAMES = {1: "canary", 2: "early", 3: "wave", 4: "all"}
 FAILED_STATES = (FAILED, TIMED_OUT, REJECTED)
 
 
@@ -108,10 +107,13 @@ class WaveSpec:
     def names(self) -> list[str]:
         if self.tag is not None:
             return list(self.tag_values)
-        n = len(self.percentages)
-        if n == 4:
-            return ["canary", "early", "wave-50", "all"]
-        return [f"wave-{i + 1}" if p < 100 else "all" for i, p in enumerate(self.percentages)]
+        p = self.percentages
+        if len(p) == 1:
+            return ["all"]
+        middle = [f"wave-{x:g}" for x in p[1:-1]]
+        if middle:
+            middle[0] = "early"
+        return ["canary", *middle, "all"]
 
 
 @dataclass(frozen=True, slots=True)

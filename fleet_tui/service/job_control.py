@@ -101,9 +101,10 @@ def plan_job(
     registry: Registry, job_type: str, params: Mapping[str, Any], target: Target,
     settings: JobSettings | None = None, *, job_id: str | None = None,
     per_device: Mapping[str, Mapping[str, Any]] | None = None,
-    rows: Sequence[TargetRow] | None = None,
+    rows: Sequence[TargetRow] | None = None, conn: Any = None,
 ) -> JobPlan:
-    """Resolve the targets and gate every device; nothing is written."""
+    """Resolve the targets and gate every device; nothing is written. Inside a
+    transaction pass its ``conn``: what it changed (a job just canceled) must count."""
     document = job_document(job_type, params)
     settings = settings or JobSettings()
     if rows is None:
@@ -112,9 +113,13 @@ def plan_job(
     validate_targets([r.id for r in rows])
     releases = release_facts(registry)
     plan = JobPlan(job_id or new_job_id(job_type), job_type, document, settings, target)
-    with registry.engine.connect() as conn:
-        busy = registry.jobs.busy_devices(conn, [r.id for r in rows], job_type) \
-            if job_type == "firmware_update" else {}
+    busy: dict[str, str] = {}
+    if job_type == "firmware_update":
+        if conn is None:
+            with registry.engine.connect() as own:
+                busy = registry.jobs.busy_devices(own, [r.id for r in rows], job_type)
+        else:
+            busy = registry.jobs.busy_devices(conn, [r.id for r in rows], job_type)
     for row in rows:
         doc = {**document, **(per_device or {}).get(row.id, {})}
         if not row.known:

@@ -163,7 +163,8 @@ def _start_wave(registry: Registry, conn: Any, rollout: RolloutRow, index: int,
     plan = plan_job(registry, "firmware_update", {"release": rollout.release_version},
                     Target(device_ids=tuple(wave.device_ids)), settings,
                     job_id=f"{rollout.id}-w{index}-{wave.name}",
-                    per_device={d: {"from": v} for d, v in from_versions.items() if v})
+                    per_device={d: {"from": v} for d, v in from_versions.items() if v},
+                    conn=conn)
     if plan.queued:
         create_job(registry, plan, actor, rollout_id=rollout.id, conn=conn)
         job_id: str | None = plan.job_id
@@ -272,7 +273,8 @@ def _rollback(registry: Registry, conn: Any, rollout: RolloutRow, actor: Actor, 
         plan = plan_job(registry, "firmware_update", {"release": rollout.release_version},
                         Target(device_ids=tuple(r.id for r in rows)), settings,
                         job_id=f"{rollout.id}-rollback",
-                        per_device={r.id: per_device[r.id] for r in rows}, rows=rows)
+                        per_device={r.id: per_device[r.id] for r in rows}, rows=rows,
+                        conn=conn)
         if plan.queued:
             create_job(registry, plan, actor, rollout_id=rollout.id, conn=conn)
             details.update(job=plan.job_id, queued=len(plan.queued),
