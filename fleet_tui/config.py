@@ -93,6 +93,11 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     keymap: dict[str, str] = field(default_factory=dict)
+    # The service's MQTT client id (default fleet-tui-service-HOSTNAME; give each worker
+    # its own) and how long the broker keeps its session (and queued requests) after it
+    # drops: requests sent during a restart are delivered when it is back.
+    service_id: str = ""
+    session_expiry_s: int = 3600
     config_path: Path | None = None
 
     @property

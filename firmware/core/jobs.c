@@ -276,7 +276,10 @@ void fleet_jobs_on_message(fleet_device_t *dev, fleet_topic_id_t kind, const cha
         if (execution == NULL) {
             break; /* queue empty */
         }
-        if (jobs->state == FLEET_JOBS_IDLE) {
+        if (jobs->state == FLEET_JOBS_IDLE || jobs->state == FLEET_JOBS_WAIT_START_NEXT) {
+            /* Waiting for start-next: its answer may be lost (a service that restarted
+             * after taking the request); asking again is safe, the service answers with
+             * the execution already in progress. */
             start_next(dev);
         } else {
             jobs->pull_again = true;

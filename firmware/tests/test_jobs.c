@@ -273,12 +273,17 @@ TEST(test_notify_next_while_busy_pulls_after_the_current_job)
     CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 1); /* empty queue: nothing to pull */
     fake_deliver(&r->dev, "jobs/notify-next", "{\"execution\":{\"jobId\":\"n1\"}}");
     CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 2);
+    /* still waiting for the answer: the request may be lost, so ask again */
     fake_deliver(&r->dev, "jobs/notify-next", "{\"execution\":{\"jobId\":\"n1\"}}");
-    CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 2);
-    CHECK(r->dev.jobs.pull_again);
-    start_next_answer(r, "n1", "{\"operation\":\"diagnostic\"}");
-    fake_deliver(&r->dev, "jobs/n1/update/accepted", "{}");
     CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 3);
+    CHECK(!r->dev.jobs.pull_again);
+    start_next_answer(r, "n1", "{\"operation\":\"diagnostic\"}");
+    /* busy with the job: a notify-next only marks that more is queued */
+    fake_deliver(&r->dev, "jobs/notify-next", "{\"execution\":{\"jobId\":\"n2\"}}");
+    CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 3);
+    CHECK(r->dev.jobs.pull_again);
+    fake_deliver(&r->dev, "jobs/n1/update/accepted", "{}");
+    CHECK_EQ_INT(fake_count(&r->f, "jobs/start-next"), 4);
     /* start-next rejected: back to idle */
     fake_deliver(&r->dev, "jobs/start-next/rejected", "{\"code\":\"Throttled\"}");
     CHECK_EQ_INT(r->dev.jobs.state, FLEET_JOBS_IDLE);

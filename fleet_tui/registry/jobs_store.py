@@ -336,3 +336,10 @@ class JobStore:
         return list(conn.execute(sa.select(EXECUTION.c.device_id).where(
             EXECUTION.c.job_id == job_id, EXECUTION.c.status.in_(list(states)),
             EXECUTION.c.attempt < retries)).scalars())
+
+    def finished_since(self, conn: Connection, since: float, states: Iterable[str]
+                       ) -> list[tuple[str, str]]:
+        """(job, device) of executions that ended in ``states`` since ``since``."""
+        return [(j, d) for j, d in conn.execute(sa.select(
+            EXECUTION.c.job_id, EXECUTION.c.device_id).where(
+                EXECUTION.c.status.in_(list(states)), EXECUTION.c.finished_at >= since))]

@@ -15,14 +15,14 @@ from fleet_tui.config import Settings
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from fleet_tui.registry.registry import Registry
-    from fleet_tui.service.fleet_service import FleetService
+    from fleet_tui.service.fleet_service import FleetService, service_client_id
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     registry = Registry.open(settings.db)
-    service = FleetService(settings, registry)
+    service = FleetService(settings, registry, client_id=service_client_id(settings))
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -28,6 +28,12 @@ from fleet_tui.service.topics import Topics, valid_thing
 log = logging.getLogger(__name__)
 
 
+def service_client_id(settings: Settings) -> str:
+    """The MQTT client id of `fleet-tui serve`: stable across restarts, so the broker
+    queues the requests that arrive while it restarts (give each worker its own)."""
+    return settings.service_id or f"fleet-tui-service-{socket.gethostname()}"
+
+
 class FleetService:
     def __init__(
         self,
@@ -47,7 +53,10 @@ class FleetService:
         self.presence = PresenceTracker(self.events, self._interval_for,
                                         settings.health.gone_dark_intervals)
         self.telemetry = TelemetryIngest(self.events, settings.health)
+        # `serve` passes a stable id (see service_client_id) and keeps its session; an
+        # embedded service (the console's) gets a per-process id and a clean session.
         self.client_id = client_id or f"fleet-tui-service-{socket.gethostname()}-{os.getpid()}"
+        stable = client_id is not None and client_id == service_client_id(settings)
         self.jobs = JobsEngine(settings, registry, self.topics, shadows=self.shadows,
                                presence=self.presence, telemetry=self.telemetry,
                                events=self.events, clock=clock, holder=self.client_id)
@@ -58,6 +67,7 @@ class FleetService:
         self.session = MqttSession(
             settings.broker_host, settings.broker_port, self.client_id,
             subscriptions, self.dispatch,
+            session_expiry_s=settings.session_expiry_s if stable else 0,
         )
         self.ready = asyncio.Event()
         self.ingest_interval = 1.0

@@ -114,6 +114,7 @@ class JobsEngine:
         self.watch: dict[str, Watch] = {}
         self.dirty: set[str] = set()
         self._job_types: dict[str, str] = {}
+        self._last_cancel_scan = 0.0
         self.rollouts: Any = None  # RolloutEngine, set by the service
         self.stats = {"ticks": 0, "requests": 0, "last_tick_ms": 0.0, "max_tick_ms": 0.0}
         events.subscribe(self._on_event)
@@ -143,7 +144,8 @@ class JobsEngine:
             now = self.clock()
             try:
                 if now - last_lease >= self.settings.jobs.lease_ttl_s / 3:
-                    await self._renew_lease(now)
+                    if await self._renew_lease(now):
+                        await publish(await asyncio.to_thread(self.renotify, now))
                     last_lease = now
                 if self.requests:
                     batch, self.requests = self.requests, []
@@ -159,7 +161,8 @@ class JobsEngine:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registry.leases.release, LEASE, self.holder)
 
-    async def _renew_lease(self, now: float) -> None:
+    async def _renew_lease(self, now: float) -> bool:
+        """Take or renew the lease; True when this engine has just become the leader."""
         was = self.is_leader
         self.is_leader = await asyncio.to_thread(
             self.registry.leases.acquire, LEASE, self.holder, self.settings.jobs.lease_ttl_s,
@@ -170,6 +173,20 @@ class JobsEngine:
         elif was and not self.is_leader:
             log.warning("job engine: lost the engine lease")
             self.watch.clear()
+        return self.is_leader and not was
+
+    def renotify(self, now: float) -> list[Outgoing]:
+        """notify-next again to every device told of work it has not started: a request
+        the previous engine took but never answered is asked again (devices re-pull)."""
+        out = []
+        with self.registry.engine.connect() as conn:
+            for job in self.registry.jobs.active(conn):
+                if job.job_type in SHADOW_CARRIED:
+                    continue
+                for e in self.registry.jobs.executions(job.id, status=[QUEUED], conn=conn):
+                    if e.notified_at is not None:
+                        out.append(self._notify_next(e, job, now))
+        return out
 
     async def tick_and_publish(self, publish: Publisher, now: float) -> TickResult:
         dirty, self.dirty = self.dirty, set()
@@ -298,6 +315,7 @@ class JobsEngine:
                     self.watch.pop(thing, None)
             for job_id, notes in details.items():
                 self.registry.jobs.set_details(conn, job_id, notes, now)
+            self._drop_canceled(conn, now, result)
             for job in jobs:
                 self._tick_job(conn, job, now, result)
             if self.rollouts is not None:
@@ -308,6 +326,16 @@ class JobsEngine:
         self.stats["last_tick_ms"] = ms
         self.stats["max_tick_ms"] = max(self.stats["max_tick_ms"], ms)
         return result
+
+    def _drop_canceled(self, conn: Any, now: float, result: TickResult) -> None:
+        """Force-canceled firmware executions (by anyone, e.g. the CLI): clear the desired
+        OTA state so that a device that has not started the download never does."""
+        since, self._last_cancel_scan = self._last_cancel_scan, now
+        for job_id, thing in self.registry.jobs.finished_since(conn, since - 1.0, [CANCELED]):
+            w = self.watch.get(thing)
+            if w is not None and w.job_id == job_id:
+                del self.watch[thing]
+                result.desired[thing] = None
 
     def _tick_job(self, conn: Any, job: JobRow, now: float, result: TickResult) -> None:
         store = self.registry.jobs
@@ -323,13 +351,6 @@ class JobsEngine:
                 self.watch.pop(thing, None)
             if moved:
                 result.changed_jobs.add(job.id)
-        # Force-canceled firmware executions: stop the device from starting the download.
-        if shadow:
-            for thing in [t for t, w in self.watch.items() if w.job_id == job.id]:
-                e = store.execution(conn, job.id, thing)
-                if e is not None and e.status == CANCELED:
-                    self.watch.pop(thing, None)
-                    result.desired[thing] = None
         if job.status not in JOB_ACTIVE:
             return
         if settings.retries:

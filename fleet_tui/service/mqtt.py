@@ -9,8 +9,11 @@ import logging
 import random
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_tui.service.outbox import Outgoing
 
@@ -37,6 +40,7 @@ class MqttSession:
         qos: int = 1,
         on_connect: Callable[[], None] | None = None,
         max_backoff: float = 10.0,
+        session_expiry_s: int = 0,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
@@ -47,12 +51,23 @@ class MqttSession:
         self.qos = qos
         self.on_connect = on_connect
         self.max_backoff = max_backoff
+        # > 0: a persistent session, so the broker queues the QoS 1 requests that arrive
+        # while the service is down (a restart, a kill -9) instead of dropping them.
+        self.session_expiry_s = session_expiry_s
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0
         self.protocol = aiomqtt.ProtocolVersion.V5
 
     def _make_client(self) -> aiomqtt.Client:
+        session: dict[str, Any] = {}
+        if self.session_expiry_s > 0:
+            if self.protocol == aiomqtt.ProtocolVersion.V5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry_s
+                session = {"clean_start": False, "properties": props}
+            else:
+                session = {"clean_session": False}
         return aiomqtt.Client(
             self.host,
             self.port,
@@ -65,6 +80,7 @@ class MqttSession:
             max_queued_outgoing_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=10,
+            **session,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -928,7 +928,9 @@ class Device:
         if kind is Topic.JOBS_NOTIFY_NEXT:
             if execution is None:
                 return
-            if self.jobs_state == "idle":
+            if self.jobs_state in ("idle", "wait_start_next"):
+                # Waiting for start-next: its answer may be lost (the service restarted
+                # after taking the request); asking again is safe (jobs.c does the same).
                 self._start_next(out)
             else:
                 self.pull_again = True

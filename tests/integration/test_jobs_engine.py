@@ -1,0 +1,190 @@
+"""Bulk jobs end to end: the engine and the AWS IoT Jobs MQTT API against simulated
+devices through a real mosquitto; timeouts, retries, abort criteria, cancel with and
+without force, the rate limit across a restart, and kill -9 of `fleet-tui serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet_tui.domain.jobs import AbortCriterion, JobSettings
+from fleet_tui.service.job_control import Actor, Target, cancel_job, create_job, plan_job
+from tests.integration.engine_rig import EngineRig, engine_rig, firmware_server
+from tests.integration.mosquitto import Mosquitto
+
+OPS = Actor("olga", "operator")
+
+
+@pytest.fixture
+def base_url() -> Iterator[str]:
+    with firmware_server() as url:
+        yield url
+
+
+def _job(rig: EngineRig, job_type: str, params: dict, ids: list[str] | None = None,  # type: ignore[type-arg]
+         **settings: object) -> str:
+    target = Target(device_ids=tuple(ids)) if ids else Target(group="plant")
+    plan = plan_job(rig.registry, job_type, params, target, JobSettings(**settings))  # type: ignore[arg-type]
+    create_job(rig.registry, plan, OPS)
+    return plan.job_id
+
+
+def _counts(rig: EngineRig, job_id: str) -> dict[str, int]:
+    return rig.registry.jobs.counts([job_id])[job_id]
+
+
+async def test_reboot_and_diagnostic_jobs_succeed_through_the_jobs_api(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        await rig.start_service()
+        await rig.start_fleet()
+        reboot = _job(rig, "reboot", {}, concurrency=4)
+        diag = _job(rig, "diagnostic", {})
+        await rig.until(lambda: _counts(rig, reboot).get("SUCCEEDED") == 12
+                        and _counts(rig, diag).get("SUCCEEDED") == 12, 60, "both jobs")
+        await rig.until(lambda: rig.registry.jobs.get(reboot).status == "COMPLETED", 10,
+                        "job completion")
+        e = rig.registry.jobs.executions(diag)[0]
+        assert e.status_details is not None and "heap_free" in e.status_details
+        rebooted = rig.registry.jobs.executions(reboot)[0]
+        assert rebooted.status_details == {"reset_reason": "sw_reboot"}
+        assert rebooted.attempt == 0  # started once, finished once
+
+
+async def test_failures_retry_then_abort_cancels_the_queue(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        await rig.start_service()
+        await rig.start_fleet()
+        # A failing command, one retry, abort when > 50% failed after 3: with 2 in flight at
+        # a time the abort comes while most executions are still queued.
+        job = _job(rig, "command", {"command": "fail"}, concurrency=2, retries=1,
+                   retry_on=("FAILED",),
+                   abort=(AbortCriterion("FAILED", 50.0, 3),))
+        await rig.until(lambda: rig.registry.jobs.get(job).status == "ABORTED", 60, "abort")
+        row = rig.registry.jobs.get(job)
+        assert "FAILED" in row.reason and "50%" in row.reason
+        execs = rig.registry.jobs.executions(job)
+        failed = [e for e in execs if e.status == "FAILED"]
+        assert len(failed) >= 3 and all(e.attempt == 1 for e in failed)  # retried once each
+        assert sum(e.status == "CANCELED" for e in execs) >= 5
+        assert not any(e.status == "QUEUED" for e in execs)
+        assert rig.registry.audit.entries(action="job.abort")[0].actor == "engine"
+
+
+async def test_timeouts_retries_and_cancel_with_and_without_force(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        await rig.start_service()
+        # No device is online: firmware executions start (desired state written) and time
+        # out; one retry each, then TIMED_OUT for good. Never a false success.
+        ids = ["dev-000", "dev-001"]
+        timed = _job(rig, "firmware_update", {"release": "2.4.1"}, ids, timeout_s=0.6,
+                     retries=1, retry_on=("TIMED_OUT",))
+        await rig.until(lambda: _counts(rig, timed).get("TIMED_OUT") == 2
+                        and rig.registry.jobs.get(timed).status == "COMPLETED", 30, "timeouts")
+        assert all(e.attempt == 1 for e in rig.registry.jobs.executions(timed))
+        assert rig.desired("dev-000")["target_version"] == "2.4.1"
+
+        # Cancel without force: queued ones are canceled, the one in progress runs on.
+        ids = [f"dev-{i:03d}" for i in range(2, 8)]
+        job = _job(rig, "firmware_update", {"release": "2.4.1"}, ids, concurrency=1,
+                   timeout_s=120)
+        await rig.until(lambda: _counts(rig, job).get("IN_PROGRESS") == 1, 10, "one started")
+        result = cancel_job(rig.registry, job, OPS)
+        assert (result.canceled_queued, result.left_in_progress) == (5, 1)
+        assert "keep running" in result.explain()
+        running = [e.device_id for e in rig.registry.jobs.executions(job)
+                   if e.status == "IN_PROGRESS"]
+        assert len(running) == 1
+        # The canceled job's in-progress device still converges and is counted.
+        await rig.start_fleet(running)
+        await rig.until(lambda: _counts(rig, job).get("SUCCEEDED") == 1, 60,
+                        "the in-progress device to finish")
+        await rig.fleet.stop()  # type: ignore[union-attr]
+
+        # With force the in-progress one is canceled too and its desired OTA state cleared.
+        job = _job(rig, "firmware_update", {"release": "2.4.1"}, ["dev-010", "dev-011"],
+                   concurrency=1, timeout_s=120)
+        await rig.until(lambda: _counts(rig, job).get("IN_PROGRESS") == 1, 10, "one started")
+        thing = next(e.device_id for e in rig.registry.jobs.executions(job)
+                     if e.status == "IN_PROGRESS")
+        await rig.until(lambda: rig.desired(thing).get("target_version") == "2.4.1", 10,
+                        "desired OTA state")
+        result = cancel_job(rig.registry, job, OPS, force=True)
+        assert (result.canceled_queued, result.canceled_in_progress) == (1, 1)
+        await rig.until(lambda: "target_version" not in rig.desired(thing), 10,
+                        "desired OTA state cleared")
+        assert _counts(rig, job) == {"CANCELED": 2}
+
+
+async def test_rate_limit_holds_across_an_engine_restart(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        await rig.start_service()
+        job = _job(rig, "firmware_update", {"release": "2.4.1"}, rate_per_minute=3,
+                   timeout_s=600)
+
+        def notified() -> int:
+            return sum(1 for e in rig.registry.jobs.executions(job) if e.notified_at)
+
+        await rig.until(lambda: notified() == 3, 10, "three started")
+        await asyncio.sleep(1.0)
+        assert notified() == 3
+        await rig.stop_service()
+        await rig.start_service()  # a new engine: it counts the durable start times
+        await asyncio.sleep(1.5)
+        assert notified() == 3
+
+
+def _serve(rig: EngineRig, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FLEET_TUI_CONFIG": str(log.parent / "engine.toml")}
+    (log.parent / "engine.toml").write_text(
+        f'db = "{rig.settings.db}"\nbroker = "{rig.broker.url}"\n'
+        f'[jobs]\ntick_s = 0.2\nlease_ttl_s = 2.0\nfirmware_base_url = '
+        f'"{rig.settings.jobs.firmware_base_url}"\n'
+        '[shadow]\nflush_interval_ms = 10\n[health]\ntelemetry_interval_s = 1.0\n')
+    return subprocess.Popen([sys.executable, "-m", "fleet_tui.cli", "serve"],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+async def test_kill_9_mid_job_then_restart_loses_nothing_and_starts_nothing_twice(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        log = tmp_path / "serve.log"
+        proc = _serve(rig, log)
+        try:
+            await rig.until(lambda: "holds the engine lease" in log.read_text(), 20,
+                            "serve to take the engine lease")
+            await rig.start_fleet()
+            job = _job(rig, "reboot", {}, concurrency=3)
+            await rig.until(lambda: _counts(rig, job).get("SUCCEEDED", 0) >= 3, 60,
+                            "some reboots done")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            before = _counts(rig, job)
+            proc = _serve(rig, log)  # takes the lease once the dead holder's expires
+            await rig.until(lambda: _counts(rig, job).get("SUCCEEDED") == 12, 90,
+                            f"every reboot after the restart (before: {before})")
+            execs = rig.registry.jobs.executions(job)
+            assert all(e.attempt == 0 for e in execs)  # none started twice
+            assert all(e.status_details == {"reset_reason": "sw_reboot"} for e in execs)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        assert "Traceback" not in log.read_text()
