@@ -99,10 +99,11 @@ class WaveSpec:
                 raise RolloutError(f"waves {text!r}: expected tag:KEY=V1,V2,...")
             return cls(tag=key.strip(), tag_values=tuple(v.strip() for v in values.split(",")))
         try:
-            return cls(percentages=tuple(float(x.strip().rstrip("%")) for x in text.split(",")))
+            percentages = tuple(float(x.strip().rstrip("%")) for x in text.split(","))
         except ValueError:
             raise RolloutError(f"waves {text!r}: expected percentages like 1,10,50,100") \
                 from None
+        return cls(percentages=percentages)
 
     def names(self) -> list[str]:
         if self.tag is not None:

@@ -41,9 +41,8 @@ def _counts(rig: EngineRig, job_id: str) -> dict[str, int]:
 
 
 async def test_reboot_and_diagnostic_jobs_succeed_through_the_jobs_api(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         await rig.start_fleet()
         reboot = _job(rig, "reboot", {}, concurrency=4)

@@ -39,12 +39,11 @@ def _fw(rig, thing: str) -> str | None:  # type: ignore[no-untyped-def]
 
 
 async def test_bad_canary_halts_itself_with_evidence_and_rolls_back(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
     # 2.4.0's image crash-loops on rev-b (its header says so); the canary holds every
     # hardware revision, so the rev-b canary device crash-loops, rolls back, and the error
     # gate halts the rollout before any other device is touched.
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         await rig.start_fleet()
         plan = plan_rollout(rig.registry, "2.4.0", "plant", spec=WaveSpec((10, 50, 100)),
