@@ -376,11 +376,14 @@ class JobsEngine:
             released = store.release(conn, job.id, budget, now, start=shadow)
             if released:
                 result.changed_jobs.add(job.id)
+            desired: dict[str, dict[str, Any]] = {}
             for e in released:
                 if shadow:
                     target = self._target_of(job, e)
                     self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s)
-                    result.desired[e.device_id] = self._desired_for(target)
+                    if target not in desired:
+                        desired[target] = self._desired_for(target)
+                    result.desired[e.device_id] = desired[target]
                 else:
                     result.out.append(self._notify_next(e, job, now))
         idle = not any(counts.get(s, 0) for s in ACTIVE_STATES)
