@@ -81,6 +81,22 @@ class JobsSettings:
 
 
 @dataclass
+class AutomationSettings:
+    # Policies loaded (and reloaded when changed) by the engine; "" for none.
+    policies_file: str = ""
+    # How often policies and the alert health rules are evaluated (seconds).
+    evaluate_s: float = 10.0
+    # A group whose offline share exceeds this raises an offline_spike alert.
+    offline_spike_share: float = 0.2
+    # Alerts seen within this many seconds count as a group's recent_alerts.
+    recent_alerts_s: float = 86400.0
+    # Raised and resolved alerts are POSTed here as JSON; "" for none.
+    webhook_url: str = ""
+    # Fleet HTTP API bearer tokens: token = "OPERATOR:ROLE" (role viewer|operator|approver).
+    api_tokens: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Settings:
     db: str = field(default_factory=default_db_url)
     broker: str = "127.0.0.1:1883"
@@ -92,6 +108,7 @@ class Settings:
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
+    automation: AutomationSettings = field(default_factory=AutomationSettings)
     keymap: dict[str, str] = field(default_factory=dict)
     # The service's MQTT client id (default fleet-tui-service-HOSTNAME; give each worker
     # its own) and how long the broker keeps its session (and queued requests) after it

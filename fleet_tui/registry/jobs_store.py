@@ -6,7 +6,7 @@ backwards or finish it twice. Engine writes run inside :func:`locked_transaction
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,17 +220,20 @@ class JobStore:
             EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at.is_not(None),
             EXECUTION.c.status.in_(list(ACTIVE_STATES)))).scalar() or 0)
 
-    def release(self, conn: Connection, job_id: str, n: int, now: float, *, start: bool
-                ) -> list[ExecutionRow]:
+    def release(self, conn: Connection, job_id: str, n: int, now: float, *, start: bool,
+                allow: Callable[[str], bool] | None = None) -> list[ExecutionRow]:
         """Mark the next ``n`` unnotified QUEUED executions (in ``seq`` order) notified;
-        with ``start`` they go IN_PROGRESS at once (the shadow carries the job)."""
+        with ``start`` they go IN_PROGRESS at once (the shadow carries the job). ``allow``
+        (maintenance windows) skips devices that may not start now: they stay queued."""
         if n <= 0:
             return []
-        rows = conn.execute(
-            sa.select(EXECUTION.c.device_id).where(
-                EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
-                EXECUTION.c.notified_at.is_(None)).order_by(EXECUTION.c.seq).limit(n)
-        ).scalars().all()
+        pending = sa.select(EXECUTION.c.device_id).where(
+            EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
+            EXECUTION.c.notified_at.is_(None)).order_by(EXECUTION.c.seq)
+        if allow is None:
+            rows = conn.execute(pending.limit(n)).scalars().all()
+        else:
+            rows = [d for d in conn.execute(pending).scalars() if allow(d)][:n]
         if not rows:
             return []
         values: dict[str, Any] = {"notified_at": now, "updated_at": now}

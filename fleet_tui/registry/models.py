@@ -238,3 +238,77 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: float
+
+
+# ------------------------------------------------------------ automation (migration 0003)
+
+
+class Schedule(SQLModel, table=True):
+    """A job or rollout to start at a time (``at``) or on a cron expression in a zone."""
+
+    __tablename__ = "schedule"
+
+    id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # job | rollout
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    at: float | None = None
+    cron: str | None = Field(default=None, max_length=128)
+    timezone: str = Field(default="UTC", max_length=64)
+    next_run: float | None = Field(default=None, index=True)
+    enabled: bool = True
+    last_run: float | None = None
+    last_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class MaintenanceWindow(SQLModel, table=True):
+    """When disruptive work may start on a group's devices, e.g. ``Mon-Fri 01:00-04:00
+    Europe/Berlin``."""
+
+    __tablename__ = "maintenance_window"
+
+    group_name: str = Field(primary_key=True, max_length=128)
+    spec: str = Field(max_length=256)
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class Policy(SQLModel, table=True):
+    """A ``when <condition> then <action>`` rule (from the policy file or the console)."""
+
+    __tablename__ = "policy"
+
+    name: str = Field(primary_key=True, max_length=64)
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    source: str = Field(default="console", max_length=16)
+    enabled: bool = True
+    dry_run: bool = False
+    # Firing times within the last hour: the durable basis of the rate limit.
+    fired_at: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    updated_by: str = ""
+    updated_at: float = 0.0
+
+
+class Alert(SQLModel, table=True):
+    """An alert, deduplicated by ``key`` while open; ``notified`` is the last status the
+    webhook accepted (delivery is at least once)."""
+
+    __tablename__ = "alert"
+    __table_args__ = (sa.Index("ix_alert_key_status", "key", "status"),
+                      sa.Index("ix_alert_group_raised", "group_name", "raised_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=256)
+    kind: str = Field(max_length=32)
+    severity: str = Field(max_length=16)
+    group_name: str | None = Field(default=None, max_length=128)
+    subject: str = Field(default="", max_length=256)
+    message: str = ""
+    details: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="open", max_length=16, index=True)
+    count: int = 1
+    raised_at: float = 0.0
+    last_seen: float = 0.0
+    resolved_at: float | None = None
+    notified: str | None = Field(default=None, max_length=16)

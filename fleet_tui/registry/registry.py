@@ -32,6 +32,7 @@ from fleet_tui.domain.query import (
 from fleet_tui.domain.version import VersionError, is_version_field, parse_version, version_key
 from fleet_tui.registry import migrate
 from fleet_tui.registry.audit import AuditLog, locked_transaction
+from fleet_tui.registry.automation_store import AutomationStore
 from fleet_tui.registry.engine import create_registry_engine
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
 from fleet_tui.registry.jobs_store import JobStore
@@ -775,6 +776,11 @@ class Registry:
     @cached_property
     def leases(self) -> Leases:
         return Leases(self.engine)
+
+    @cached_property
+    def automation(self) -> AutomationStore:
+        """Schedules, maintenance windows, policies and alerts."""
+        return AutomationStore(self.engine)
 
     def locked(self) -> AbstractContextManager[Connection]:
         """A transaction holding the registry's write lock (see locked_transaction)."""

@@ -16,6 +16,7 @@ from typing import Any
 from fleet_tui.config import Settings
 from fleet_tui.domain.health import expiry_cutoff
 from fleet_tui.registry.registry import Registry
+from fleet_tui.service.automation import install as install_automation
 from fleet_tui.service.events import EventBus
 from fleet_tui.service.jobs import JobsEngine
 from fleet_tui.service.mqtt import MqttSession
@@ -61,6 +62,7 @@ class FleetService:
                                presence=self.presence, telemetry=self.telemetry,
                                events=self.events, clock=clock, holder=self.client_id)
         self.jobs.rollouts = RolloutEngine(registry, self.jobs)
+        install_automation(self)  # schedules, maintenance windows, policies, alerts
         subscriptions = self.topics.service_subscriptions()
         if settings.jobs.engine:
             subscriptions += self.topics.jobs_subscriptions()

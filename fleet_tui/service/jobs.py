@@ -116,6 +116,14 @@ class JobsEngine:
         self._job_types: dict[str, str] = {}
         self._last_cancel_scan = 0.0
         self.rollouts: Any = None  # RolloutEngine, set by the service
+        # Automation (service/automation.py) hooks in here, kept small on purpose:
+        # participants' ``tick(conn, now, result)`` run inside every tick's transaction
+        # after the rollouts (scheduler, policies, alerts); ``after_tick(now)`` runs once
+        # it committed. ``release_gate(conn, job, now)`` returns a device filter for a
+        # job's release step (maintenance windows) or None when every device may start.
+        self.participants: list[Any] = []
+        self.release_gate: Callable[[Any, JobRow, float], Callable[[str], bool] | None] \
+            | None = None
         self.stats = {"ticks": 0, "requests": 0, "last_tick_ms": 0.0, "max_tick_ms": 0.0}
         events.subscribe(self._on_event)
 
@@ -193,6 +201,8 @@ class JobsEngine:
         result = await asyncio.to_thread(self.tick, now, dirty)
         self.apply_desired(result.desired)
         await publish(result.out)
+        for participant in self.participants:
+            await asyncio.to_thread(participant.after_tick, now)
         return result
 
     # ------------------------------------------------------------ firmware watch
@@ -320,6 +330,8 @@ class JobsEngine:
                 self._tick_job(conn, job, now, result)
             if self.rollouts is not None:
                 self.rollouts.tick(conn, now, result)
+            for participant in self.participants:
+                participant.tick(conn, now, result)
         self.stats["ticks"] += 1
         result.duration_s = time.perf_counter() - started
         ms = result.duration_s * 1000
@@ -373,7 +385,9 @@ class JobsEngine:
             budget = settings.release_budget(
                 store.in_flight(conn, job.id), store.started_since(conn, job.id, now - 60),
                 store.notified_total(conn, job.id), counts.get(SUCCEEDED, 0))
-            released = store.release(conn, job.id, budget, now, start=shadow)
+            # A device outside its group's maintenance window is not released: it waits.
+            allow = self.release_gate(conn, job, now) if self.release_gate else None
+            released = store.release(conn, job.id, budget, now, start=shadow, allow=allow)
             if released:
                 result.changed_jobs.add(job.id)
             desired: dict[str, dict[str, Any]] = {}

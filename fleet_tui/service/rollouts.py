@@ -6,6 +6,7 @@ firmware job, judges it by its gates and halts it with the evidence. The rules a
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -124,15 +125,21 @@ def new_rollout_id(release: str) -> str:
     return f"rollout-{release}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def start_rollout(registry: Registry, plan: RolloutPlan, actor: Actor, *, confirm: str
-                  ) -> RolloutRow:
+def _locked(registry: Registry, conn: Any) -> Any:
+    """The caller's transaction (the engine's tick, for scheduled and policy actions) or
+    a locked one of our own."""
+    return contextlib.nullcontext(conn) if conn is not None else registry.locked()
+
+
+def start_rollout(registry: Registry, plan: RolloutPlan, actor: Actor, *, confirm: str,
+                  conn: Any = None) -> RolloutRow:
     """Record the rollout and start its first wave. ``confirm`` must be the release
     version, typed by the operator: a fleet-wide action is never one stray key away."""
     if confirm != plan.release:
         raise RolloutError(f"to start, type the release version {plan.release} "
                            f"(got {confirm!r})")
     now = time.time()
-    with registry.locked() as conn:
+    with _locked(registry, conn) as conn:
         registry.rollouts.insert(conn, {
             "id": plan.rollout_id, "release_version": plan.release,
             "previous_version": plan.previous_version, "group_name": plan.group,
@@ -180,10 +187,10 @@ def _start_wave(registry: Registry, conn: Any, rollout: RolloutRow, index: int,
 
 
 def act(registry: Registry, rollout_id: str, action: str, actor: Actor, *,
-        reason: str = "") -> RolloutRow:
+        reason: str = "", conn: Any = None) -> RolloutRow:
     """An operator's action on a rollout; validated by the state machine, audited."""
     now = time.time()
-    with registry.locked() as conn:
+    with _locked(registry, conn) as conn:
         rollout = registry.rollouts.get(rollout_id, conn)
         wave = rollout.wave
         gates = Gates.from_dict(rollout.gates)

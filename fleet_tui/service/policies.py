@@ -1,0 +1,384 @@
+"""The policy engine: ``when <condition> then <action>`` rules from a TOML file or created
+in the console, evaluated on the engine's tick against the live fleet (the group query
+language plus health facts, see ``domain/policy.py``). Actions go through the same API as
+an operator's (``job_control``, ``rollouts.act``); every firing -- and every would-be
+firing of a dry-run policy -- is audited with its evidence, within the policy's rate
+limit (a sliding hour, kept in the registry so it holds across a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fleet_tui.domain.alerts import AlertSignal
+from fleet_tui.domain.health import mad_outliers
+from fleet_tui.domain.jobs import FAILED, IN_PROGRESS, JobError, JobSettings
+from fleet_tui.domain.policy import HeldFor, PolicyError, PolicyRule, parse_policy_file, within_rate
+from fleet_tui.domain.query import DeviceRecord
+from fleet_tui.domain.rollout import HALTED, ROLLOUT_ACTIVE, RolloutError
+from fleet_tui.registry.automation_store import PolicyRow
+from fleet_tui.registry.errors import RegistryError
+from fleet_tui.registry.registry import Registry
+from fleet_tui.service.alerts import all_groups, apply_signals, group_members
+from fleet_tui.service.job_control import Actor, Target, create_job, plan_job
+
+log = logging.getLogger(__name__)
+ANOMALY_METRICS = ("heap_free", "cpu_pct", "temp_c")
+
+
+# ------------------------------------------------------------ service-layer functions
+
+def load_policy_file(registry: Registry, path: str | Path, actor: Actor) -> list[str]:
+    """Load (or reload) the policies of a TOML file. A bad file changes nothing and says
+    where it is wrong; an operator's enable/dry-run toggles survive a reload."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(f"{path}: {err}") from None
+    except OSError as err:
+        raise PolicyError(f"{path}: {err.strerror}") from None
+    rules = parse_policy_file(data, str(path))
+    now = time.time()
+    with registry.locked() as conn:
+        for rule, enabled, dry_run in rules:
+            registry.automation.upsert_policy(conn, rule.name, rule.to_dict(), source="file",
+                                              enabled=enabled, dry_run=dry_run,
+                                              actor=actor.name, now=now)
+        registry.audit.append(conn, actor.name, actor.role, "policy.load", str(path),
+                              {"policies": [r.name for r, _, _ in rules]}, ts=now)
+    return [r.name for r, _, _ in rules]
+
+
+def create_policy(registry: Registry, definition: Mapping[str, Any], actor: Actor, *,
+                  enabled: bool = True, dry_run: bool = False) -> PolicyRow:
+    """A policy made in the console or through the API (replaces one of the same name)."""
+    rule = PolicyRule.from_dict({k: v for k, v in definition.items()
+                                 if k not in ("enabled", "dry_run")})
+    now = time.time()
+    with registry.locked() as conn:
+        registry.automation.upsert_policy(conn, rule.name, rule.to_dict(), source="console",
+                                          enabled=enabled, dry_run=dry_run, actor=actor.name,
+                                          now=now, keep_state=False)
+        registry.audit.append(conn, actor.name, actor.role, "policy.create", rule.name,
+                              {**rule.to_dict(), "enabled": enabled, "dry_run": dry_run},
+                              ts=now)
+    return registry.automation.get_policy(rule.name)
+
+
+def list_policies(registry: Registry) -> list[PolicyRow]:
+    return registry.automation.list_policies()
+
+
+def set_policy(registry: Registry, name: str, actor: Actor, *, enabled: bool | None = None,
+               dry_run: bool | None = None) -> PolicyRow:
+    """Toggle a policy on or off, or in and out of dry-run."""
+    values: dict[str, Any] = {}
+    if enabled is not None:
+        values["enabled"] = enabled
+    if dry_run is not None:
+        values["dry_run"] = dry_run
+    now = time.time()
+    with registry.locked() as conn:
+        before = registry.automation.get_policy(name, conn)
+        registry.automation.update_policy(conn, name, updated_by=actor.name, updated_at=now,
+                                          **values)
+        registry.audit.append(conn, actor.name, actor.role, "policy.update", name,
+                              {"from": {"enabled": before.enabled, "dry_run": before.dry_run},
+                               **values}, ts=now)
+    return registry.automation.get_policy(name)
+
+
+def toggle_policy(registry: Registry, name: str, actor: Actor) -> PolicyRow:
+    return set_policy(registry, name, actor,
+                      enabled=not registry.automation.get_policy(name).enabled)
+
+
+def delete_policy(registry: Registry, name: str, actor: Actor) -> None:
+    with registry.locked() as conn:
+        registry.automation.delete_policy(conn, name)
+        registry.audit.append(conn, actor.name, actor.role, "policy.delete", name)
+
+
+# ------------------------------------------------------------------ the engine step
+
+class PolicyEngine:
+    """Tick participant: evaluates the enabled policies every ``evaluate_s``."""
+
+    def __init__(self, registry: Registry, engine: Any, *, evaluate_s: float = 10.0,
+                 policies_file: str = "") -> None:
+        self.registry = registry
+        self.engine = engine  # the JobsEngine: presence, telemetry
+        self.evaluate_s = evaluate_s
+        self.policies_file = policies_file
+        self._file_mtime: float | None = None
+        self._last = 0.0
+        self.held: dict[str, HeldFor] = {}
+        self.unhealthy_since: dict[str, float] = {}
+        self.firings = 0
+
+    def after_tick(self, now: float) -> None:
+        # The file is loaded outside the tick: loading takes the registry's lock itself.
+        self._reload()
+
+    def _reload(self) -> None:
+        if not self.policies_file:
+            return
+        try:
+            mtime = os.stat(self.policies_file).st_mtime
+        except OSError:
+            return
+        if mtime == self._file_mtime:
+            return
+        self._file_mtime = mtime
+        try:
+            load_policy_file(self.registry, self.policies_file, Actor("policy-file", "system"))
+        except PolicyError as err:
+            log.error("policies not reloaded: %s", err)
+
+    def tick(self, conn: Any, now: float, result: Any) -> None:
+        if now - self._last < self.evaluate_s:
+            return
+        self._last = now
+        policies = [p for p in self.registry.automation.list_policies(conn) if p.enabled]
+        if not policies:
+            return
+        facts = _FactCache(self, conn, now)
+        for row in policies:
+            try:
+                rule = PolicyRule.from_dict(row.definition)
+            except PolicyError as err:
+                log.error("policy %s skipped: %s", row.name, err)
+                continue
+            try:
+                with conn.begin_nested():
+                    self._evaluate(conn, row, rule, facts, now)
+            except (JobError, RolloutError, RegistryError, ValueError) as err:
+                log.warning("policy %s: %s", row.name, err)
+                self.registry.audit.append(conn, f"policy:{row.name}", "system",
+                                           "policy.error", row.name, {"error": str(err)},
+                                           ts=now)
+
+    def _evaluate(self, conn: Any, row: PolicyRow, rule: PolicyRule, facts: _FactCache,
+                  now: float) -> None:
+        subjects = facts.devices(rule.group) if rule.scope == "device" else \
+            facts.groups(rule.group)
+        query = rule.query
+        matching = {sid: rec for sid, rec in subjects.items() if query.matches(rec)}
+        held = self.held.setdefault(row.name, HeldFor())
+        if rule.then == "alert":
+            self._alerts(conn, row, rule, matching, held, now)
+            return
+        due = held.update(matching, now, rule.held_s, rule.cooldown_s)
+        if not due:
+            return
+        allowed = within_rate(row.fired_at, rule.max_per_hour, now)
+        fire, limited = due[:allowed], due[allowed:]
+        actor = Actor(f"policy:{row.name}", "system")
+        if limited:
+            self.registry.audit.append(conn, actor.name, actor.role, "policy.rate_limited",
+                                       row.name, {"held_back": limited[:50],
+                                                  "max_per_hour": rule.max_per_hour}, ts=now)
+        if not fire:
+            return
+        evidence = {s: _evidence(matching[s]) for s in fire}
+        if row.dry_run:
+            outcome: dict[str, Any] = {"dry_run": True, "would": rule.then}
+        else:
+            outcome = self._act(conn, rule, fire, facts, actor)
+        for s in fire:
+            held.mark_fired(s, now)
+        recent = [t for t in row.fired_at if now - t < 3600] + [now] * len(fire)
+        self.registry.automation.update_policy(conn, row.name, fired_at=recent)
+        self.firings += len(fire)
+        self.registry.audit.append(
+            conn, actor.name, actor.role, "policy.dry_run" if row.dry_run else "policy.fire",
+            row.name, {"when": rule.when, "then": rule.then, "subjects": fire,
+                       "evidence": evidence, **outcome}, ts=now)
+
+    def _alerts(self, conn: Any, row: PolicyRow, rule: PolicyRule,
+                matching: dict[str, DeviceRecord], held: HeldFor, now: float) -> None:
+        held.update(matching, now, rule.held_s, 0.0)
+        ripe = sorted(s for s, t in held.since.items() if now - t >= rule.held_s)
+        prefix = f"policy:{rule.group or ''}:{rule.name}/"
+        if row.dry_run:
+            return
+        open_keys = set(self.registry.automation.open_alerts(conn))
+        new = [s for s in ripe if prefix + s not in open_keys]
+        allowed = within_rate(row.fired_at, rule.max_per_hour, now)
+        keep = set(ripe) - set(new[allowed:])
+        signals = [AlertSignal("policy", f"{rule.name}/{s}", rule.severity,
+                               f"policy {rule.name}: {s} matches {rule.when}", rule.group,
+                               _evidence(matching[s])) for s in sorted(keep)]
+        raised, _ = apply_signals(self.registry, conn, signals, now,
+                                  may_resolve=lambda key: key.startswith(prefix))
+        if raised:
+            recent = [t for t in row.fired_at if now - t < 3600] + [now] * raised
+            self.registry.automation.update_policy(conn, row.name, fired_at=recent)
+            self.firings += raised
+
+    def _act(self, conn: Any, rule: PolicyRule, subjects: list[str], facts: _FactCache,
+             actor: Actor) -> dict[str, Any]:
+        if rule.then == "job":
+            settings = JobSettings.from_dict(rule.job.get("settings") or {})
+            target = Target(device_ids=tuple(subjects)) if rule.scope == "device" else None
+            jobs = []
+            for t in ([target] if target else [Target(group=g) for g in subjects]):
+                plan = plan_job(self.registry, rule.job["type"], rule.job.get("params") or {},
+                                t, settings, conn=conn)
+                create_job(self.registry, plan, actor, conn=conn)
+                jobs.append({"job": plan.job_id, "queued": len(plan.queued),
+                             "skipped": len(plan.skipped)})
+            return {"jobs": jobs}
+        if rule.then == "halt_rollouts":
+            from fleet_tui.service.rollouts import act
+
+            halted = []
+            for group in subjects:
+                members = set(group_members(self.registry, conn, group))
+                for r in self.registry.rollouts.list_rollouts(active_only=True, limit=1000,
+                                                              conn=conn):
+                    if r.status == HALTED or r.status not in ROLLOUT_ACTIVE:
+                        continue
+                    touches = r.group_name == group or any(
+                        members.intersection(w.device_ids) for w in r.waves)
+                    if touches:
+                        act(self.registry, r.id, "halt", actor, conn=conn,
+                            reason=f"policy {rule.name}: group {group} matches {rule.when}")
+                        halted.append(r.id)
+            return {"halted": halted}
+        if rule.then == "rollback":
+            return self._rollback(conn, subjects, facts, actor)
+        raise PolicyError(f"policy {rule.name}: unknown action {rule.then!r}")
+
+    def _rollback(self, conn: Any, devices: list[str], facts: _FactCache, actor: Actor
+                  ) -> dict[str, Any]:
+        """The previous firmware on each device: its running update (if any) is judged
+        failed, then a firmware job sets its ``from`` version as desired."""
+        now = facts.now
+        per_device: dict[str, dict[str, Any]] = {}
+        skipped: dict[str, str] = {}
+        for d in devices:
+            start = facts.firmware.get(d)
+            previous = (start.params or {}).get("from") if start else None
+            if start is None or not previous:
+                skipped[d] = "no earlier version known"
+                continue
+            if start.status == IN_PROGRESS:
+                self.registry.jobs.transition(conn, start.job_id, [d], [IN_PROGRESS], FAILED,
+                                              now, details={"reason": f"{actor.name}: "
+                                                            "reboot loop after the update"})
+            per_device[d] = {"release": previous}
+        if not per_device:
+            return {"rolled_back": [], "skipped": skipped}
+        first = next(iter(per_device.values()))["release"]
+        plan = plan_job(self.registry, "firmware_update", {"release": first},
+                        Target(device_ids=tuple(per_device)), JobSettings(soak_s=0.0),
+                        per_device=per_device, conn=conn)
+        skipped.update(dict(plan.skipped))
+        if plan.queued:
+            create_job(self.registry, plan, actor, conn=conn)
+        return {"rolled_back": plan.queued, "job": plan.job_id if plan.queued else None,
+                "skipped": skipped}
+
+
+class _FactCache:
+    """Facts for one evaluation, computed once and shared by every policy."""
+
+    def __init__(self, engine: PolicyEngine, conn: Any, now: float) -> None:
+        self.owner = engine
+        self.registry = engine.registry
+        self.conn = conn
+        self.now = now
+        self._devices: dict[str, DeviceRecord] | None = None
+        self._firmware: Any = None
+        self._members: dict[str, list[str]] = {}
+
+    @property
+    def firmware(self) -> dict[str, Any]:
+        if self._firmware is None:
+            self._firmware = self.registry.automation.latest_firmware_starts(self.conn)
+        return self._firmware
+
+    def members(self, group: str) -> list[str]:
+        if group not in self._members:
+            self._members[group] = group_members(self.registry, self.conn, group)
+        return self._members[group]
+
+    def all_devices(self) -> dict[str, DeviceRecord]:
+        if self._devices is None:
+            presence = self.owner.engine.presence
+            telemetry = self.owner.engine.telemetry
+            records = {r.id: r for r in self.registry.device_records()}
+            latest = {d: t for d, t in telemetry.latest.items() if d in records}
+            anomalous: set[str] = set()
+            for metric in ANOMALY_METRICS:
+                values = {d: float(t[1][metric]) for d, t in latest.items()
+                          if isinstance(t[1].get(metric), (int, float))}
+                anomalous.update(a.device_id for a in mad_outliers(values, metric=metric))
+            since = self.owner.unhealthy_since
+            for d, rec in records.items():
+                if d in presence.online:
+                    rec.online = bool(presence.online[d])
+                if d in latest:
+                    rec.health = latest[d][0]
+                if rec.online and rec.health == "unhealthy":
+                    since.setdefault(d, self.now)
+                else:
+                    since.pop(d, None)
+                loop = telemetry.loops.get(d)
+                facts: dict[str, Any] = {
+                    "unhealthy_for_s": round(self.now - since[d], 1) if d in since else 0,
+                    "offline_for_s": 0 if rec.online else round(
+                        self.now - presence.last_seen.get(d, self.now), 1),
+                    "reboot_loop": bool(loop is not None and loop.in_loop(self.now)),
+                    "anomalous": d in anomalous,
+                }
+                start = self.firmware.get(d)
+                if start is not None:
+                    facts["updated_within_s"] = round(self.now - start.started_at, 1)
+                rec.reported = {**rec.reported, **facts}
+            self._devices = records
+        return self._devices
+
+    def devices(self, group: str | None) -> dict[str, DeviceRecord]:
+        records = self.all_devices()
+        if group is None:
+            return records
+        return {d: records[d] for d in self.members(group) if d in records}
+
+    def groups(self, group: str | None) -> dict[str, DeviceRecord]:
+        records = self.all_devices()
+        names = [group] if group is not None else [g.name for g in all_groups(self.registry)]
+        active = self.registry.rollouts.list_rollouts(active_only=True, limit=1000,
+                                                      conn=self.conn)
+        out = {}
+        for name in names:
+            ids = [d for d in self.members(name) if d in records]
+            total = len(ids)
+            online = sum(1 for d in ids if records[d].online)
+            unhealthy = sum(1 for d in ids if records[d].online
+                            and records[d].health == "unhealthy")
+            anomalies = sum(1 for d in ids if records[d].reported.get("anomalous"))
+            facts = {"total": total, "online": online, "offline": total - online,
+                     "offline_share": round((total - online) / total, 4) if total else 0.0,
+                     "unhealthy": unhealthy,
+                     "unhealthy_share": round(unhealthy / total, 4) if total else 0.0,
+                     "anomalies": anomalies,
+                     "active_rollouts": sum(1 for r in active if r.group_name == name)}
+            out[name] = DeviceRecord(name, reported=facts)
+        return out
+
+
+def _evidence(record: DeviceRecord) -> dict[str, Any]:
+    d: dict[str, Any] = dict(record.reported)
+    if record.firmware_version is not None or record.health is not None:
+        d.update(online=record.online, health=record.health,
+                 firmware_version=record.firmware_version)
+    return {k: v for k, v in d.items() if not isinstance(v, (dict, list))}
