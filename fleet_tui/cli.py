@@ -282,9 +282,17 @@ def _register_sim(sub: Any) -> None:
     register(sub)
 
 
+def _register_automation(sub: Any) -> None:
+    from fleet_tui.api.cli import register as register_api
+    from fleet_tui.service.automation_cli import register
+
+    register_api(sub)
+    register(sub)
+
+
 #: Other modules (service, sim, console) add their sub-commands here.
 EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_jobs, _register_sim,
-                                               _register_console]
+                                               _register_console, _register_automation]
 
 
 def _format_error(err: Exception) -> str:
