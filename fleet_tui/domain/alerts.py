@@ -77,4 +77,5 @@ def count_by_group(rows: Iterable[tuple[str | None, int]]) -> dict[str, int]:
 
 def webhook_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON a webhook receives for a raised or resolved alert."""
-    return {"event": f"alert.{alert['status']}", "alert": dict(alert)}
+    event = "alert.raised" if alert["status"] == OPEN else "alert.resolved"
+    return {"event": event, "alert": dict(alert)}

@@ -7,9 +7,10 @@ A condition is a group query (``domain/query.py``) evaluated against a device (s
 
 - device: the registry's fields and tags, plus ``unhealthy_for_s``, ``offline_for_s``,
   ``reboot_loop`` (true/false), ``updated_within_s`` (since its latest firmware update
-  started; absent when it never had one), ``anomalous`` (true/false).
+  started; absent when it never had one), ``anomalous`` (true/false), and the latest
+  telemetry: ``uptime_s``, ``heap_free``, ``rssi``, ``cpu_pct``, ``temp_c``, ``errors``.
 - group: ``total``, ``online``, ``offline``, ``offline_share``, ``unhealthy``,
-  ``unhealthy_share``, ``anomalies``, ``active_rollouts``.
+  ``unhealthy_share``, ``anomalies``, ``active_rollouts`` (rollouts in progress touching the group).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from fleet_tui.service.job_control import Actor, Target, create_job, plan_job
 
 log = logging.getLogger(__name__)
 ANOMALY_METRICS = ("heap_free", "cpu_pct", "temp_c")
+TELEMETRY_FACTS = ("uptime_s", "heap_free", "rssi", "cpu_pct", "temp_c", "errors")
 
 
 # ------------------------------------------------------------ service-layer functions
@@ -207,11 +208,19 @@ class PolicyEngine:
         held.update(matching, now, rule.held_s, 0.0)
         ripe = sorted(s for s, t in held.since.items() if now - t >= rule.held_s)
         prefix = f"policy:{rule.group or ''}:{rule.name}/"
-        if row.dry_run:
-            return
         open_keys = set(self.registry.automation.open_alerts(conn))
         new = [s for s in ripe if prefix + s not in open_keys]
         allowed = within_rate(row.fired_at, rule.max_per_hour, now)
+        if row.dry_run:
+            would = [s for s in new if not held.fired.get(s)][:allowed]
+            for s in would:
+                held.mark_fired(s, now)
+            if would:
+                self.registry.audit.append(
+                    conn, f"policy:{row.name}", "system", "policy.dry_run", row.name,
+                    {"when": rule.when, "then": "alert", "subjects": would,
+                     "evidence": {s: _evidence(matching[s]) for s in would}}, ts=now)
+            return
         keep = set(ripe) - set(new[allowed:])
         signals = [AlertSignal("policy", f"{rule.name}/{s}", rule.severity,
                                f"policy {rule.name}: {s} matches {rule.when}", rule.group,
@@ -343,6 +352,9 @@ class _FactCache:
                 start = self.firmware.get(d)
                 if start is not None:
                     facts["updated_within_s"] = round(self.now - start.started_at, 1)
+                if d in latest:  # the latest telemetry (heap_free, temp_c, ...)
+                    facts.update({m: v for m, v in latest[d][1].items()
+                                  if m in TELEMETRY_FACTS and isinstance(v, (int, float))})
                 rec.reported = {**rec.reported, **facts}
             self._devices = records
         return self._devices
@@ -356,11 +368,14 @@ class _FactCache:
     def groups(self, group: str | None) -> dict[str, DeviceRecord]:
         records = self.all_devices()
         names = [group] if group is not None else [g.name for g in all_groups(self.registry)]
-        active = self.registry.rollouts.list_rollouts(active_only=True, limit=1000,
-                                                      conn=self.conn)
+        active = [(r.group_name, {d for w in r.waves for d in w.device_ids})
+                  for r in self.registry.rollouts.list_rollouts(active_only=True, limit=1000,
+                                                                conn=self.conn)]
         out = {}
         for name in names:
             ids = [d for d in self.members(name) if d in records]
+            touching = sum(1 for group, devices in active
+                           if group == name or not devices.isdisjoint(ids))
             total = len(ids)
             online = sum(1 for d in ids if records[d].online)
             unhealthy = sum(1 for d in ids if records[d].online
@@ -371,7 +386,7 @@ class _FactCache:
                      "unhealthy": unhealthy,
                      "unhealthy_share": round(unhealthy / total, 4) if total else 0.0,
                      "anomalies": anomalies,
-                     "active_rollouts": sum(1 for r in active if r.group_name == name)}
+                     "active_rollouts": touching}
             out[name] = DeviceRecord(name, reported=facts)
         return out
 
