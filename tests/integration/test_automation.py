@@ -343,7 +343,7 @@ def test_alerts_raise_dedupe_resolve_and_count_per_group(fleet: FleetService) ->
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(json.loads(body))
         self.send_response(204)
