@@ -153,6 +153,8 @@ class AlertMonitor:
                     "offline_spike", node.name, severity_of_offline(share),
                     f"{offline} of {len(ids)} devices offline ({share:.0%})", node.name,
                     {"offline": offline, "total": len(ids), "share": round(share, 3)}))
+            if node.children:
+                continue  # anomalies are judged in the most specific group only
             latest = {d: telemetry.latest[d][1] for d in ids
                       if d in telemetry.latest and presence.online.get(d)}
             for metric in ANOMALY_METRICS:
@@ -188,9 +190,13 @@ class AlertMonitor:
         if now - self._last < self.evaluate_s:
             return
         self._last = now
-        signals = self.signals(conn, now)
-        apply_signals(self.registry, conn, signals, now,
-                      may_resolve=lambda key: key.split(":", 1)[0] in HEALTH_KINDS)
+        try:
+            with conn.begin_nested():
+                signals = self.signals(conn, now)
+                apply_signals(self.registry, conn, signals, now,
+                              may_resolve=lambda key: key.split(":", 1)[0] in HEALTH_KINDS)
+        except Exception:  # the alert sweep never stops the engine's tick
+            log.exception("alert evaluation failed")
 
     def after_tick(self, now: float) -> None:
         if self.webhook is not None:

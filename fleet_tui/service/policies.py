@@ -160,7 +160,9 @@ class PolicyEngine:
             try:
                 with conn.begin_nested():
                     self._evaluate(conn, row, rule, facts, now)
-            except (JobError, RolloutError, RegistryError, ValueError) as err:
+            except Exception as err:  # a failing policy never stops the engine's tick
+                if not isinstance(err, (JobError, RolloutError, RegistryError, ValueError)):
+                    log.exception("policy %s failed", row.name)
                 log.warning("policy %s: %s", row.name, err)
                 self.registry.audit.append(conn, f"policy:{row.name}", "system",
                                            "policy.error", row.name, {"error": str(err)},

@@ -152,6 +152,9 @@ class Scheduler:
                     outcome = self._run(conn, s, now)
             except (JobError, RolloutError, RegistryError, ScheduleError, ValueError) as err:
                 outcome = {"ok": False, "error": str(err)}
+            except Exception as err:  # never let one schedule stop the engine's tick
+                log.exception("schedule %s failed", s.id)
+                outcome = {"ok": False, "error": f"internal error: {err}"}
             try:
                 upcoming = next_run(at=s.at, cron=s.cron, tz=s.timezone, after=now, ran=True)
             except ScheduleError as err:
@@ -192,10 +195,17 @@ class WindowGate:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._cache: tuple[float, Callable[[str], bool] | None] | None = None
 
     def __call__(self, conn: Any, job: JobRow, now: float) -> Callable[[str], bool] | None:
         if job.job_type not in DISRUPTIVE:
             return None
+        # One tick asks once per disruptive job: compute the closed windows' devices once.
+        if self._cache is None or self._cache[0] != now:
+            self._cache = (now, self._blocked(conn, now))
+        return self._cache[1]
+
+    def _blocked(self, conn: Any, now: float) -> Callable[[str], bool] | None:
         windows = self.registry.automation.windows(conn)
         closed = []
         for group, text in windows.items():

@@ -379,3 +379,18 @@ async def test_alerts_reach_the_webhook_from_the_running_fleet(
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+def test_a_failing_policy_is_audited_and_the_engine_tick_goes_on(fleet: FleetService) -> None:
+    reg = fleet.registry
+    create_policy(reg, {"name": "broken", "when": "online = true", "then": "job",
+                        "job": {"type": "command", "params": {"command": "explode"}}}, OPS)
+    diag = plan_job(reg, "diagnostic", {}, Target(group="plant"))
+    create_job(reg, diag, OPS)
+    t0 = 1_900_000_000.0
+    online(fleet, ids(12), t0)
+    fleet.jobs.tick(t0)
+    assert len(notified(fleet, diag.job_id)) == 12  # the rest of the tick committed
+    error = reg.audit.entries(action="policy.error")[0]
+    assert error.target == "broken" and "command" in error.details["error"]
+    assert reg.audit.entries(action="policy.fire") == []
