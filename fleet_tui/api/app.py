@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_tui.api.auth import TokenTable, require
 from fleet_tui.api.problems import ApiProblem, install, problem_responses
@@ -37,6 +38,16 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _encodable(self) -> Strict:
+        # Free-form objects end up in MQTT payloads encoded by orjson (64-bit integers
+        # only): refuse here what would fail later inside the engine.
+        try:
+            orjson.dumps(self.model_dump())
+        except TypeError as err:
+            raise ValueError(f"not encodable as JSON for devices: {err}") from None
+        return self
 
 
 # ------------------------------------------------------------------ models
@@ -144,7 +155,7 @@ class CancelOut(BaseModel):
 
 class DesiredIn(Strict):
     desired: dict[str, Any] | None
-    version: int | None = Field(default=None, ge=0)
+    version: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class RolloutIn(Strict):

@@ -11,13 +11,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleet_tui.api.problems import ApiProblem
 from fleet_tui.config import ROLES, ConfigError, Settings
 from fleet_tui.service.job_control import Actor
 
 RANK = {"viewer": 0, "operator": 1, "approver": 2}
+# In the OpenAPI spec as a bearer security scheme; missing or malformed -> our 401 problem.
+BEARER = HTTPBearer(auto_error=False, description="a token from [automation.api_tokens]")
 
 
 def allows(role: str, needed: str) -> bool:
@@ -56,11 +59,11 @@ class TokenTable:
 def require(tokens: TokenTable, role: str) -> Callable[..., Actor]:
     """A FastAPI dependency: the token's actor, if its role is at least ``role``."""
 
-    def dependency(authorization: Annotated[str | None, Header()] = None) -> Actor:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    def dependency(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Security(BEARER)]) -> Actor:
+        if credentials is None or not credentials.credentials.strip():
             raise ApiProblem(401, "unauthorized", "send Authorization: Bearer <token>")
-        actor = tokens.lookup(token.strip())
+        actor = tokens.lookup(credentials.credentials.strip())
         if actor is None:
             raise ApiProblem(401, "unauthorized", "unknown token")
         if not allows(actor.role, role):

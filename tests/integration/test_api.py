@@ -244,3 +244,13 @@ def test_schedules_windows_policies_alerts_audit(api: ApiServer) -> None:
                     e["action"] for e in entries}
         run = viewer.get("/api/audit", params={"action": "schedule.run"}).json()[0]
         assert run["target"] == "now-diag" and run["details"]["ok"] is True
+
+
+def test_values_devices_could_not_decode_are_refused(api: ApiServer) -> None:
+    with api.client(OPERATOR) as op:
+        body = _problem(op.patch("/api/devices/dev-001/shadow/desired",
+                                 json={"desired": {"led_is_on": 2**70}}), 422)
+        assert "64-bit" in body["detail"] or "encodable" in body["detail"]
+        _problem(op.post("/api/jobs", json={"type": "config_update", "params": {
+            "values": {"telemetry_interval_s": 2**80}}, "target": {"group": "plant"}}), 422)
+    assert api.registry.jobs.list_jobs() == []
