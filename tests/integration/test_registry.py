@@ -210,5 +210,5 @@ def test_migrations_are_idempotent_and_reach_head(db_url: str) -> None:
     migrate.upgrade(reg.engine)  # a second run is a no-op
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
-    assert version == "0002"
+    assert version == "0003"
     reg.close()
