@@ -211,9 +211,14 @@ class AutomationStore:
 
     # --------------------------------------------------------------- alerts
 
-    def open_alerts(self, conn: Connection) -> dict[str, AlertRow]:
-        return {r.key: _alert(r) for r in conn.execute(
-            sa.select(ALERT).where(ALERT.c.status == "open"))}
+    def open_alerts(self, conn: Connection, kinds: Sequence[str] | None = None,
+                    key_prefix: str | None = None) -> dict[str, AlertRow]:
+        stmt = sa.select(ALERT).where(ALERT.c.status == "open")
+        if kinds is not None:
+            stmt = stmt.where(ALERT.c.kind.in_(list(kinds)))
+        if key_prefix is not None:
+            stmt = stmt.where(ALERT.c.key.startswith(key_prefix, autoescape=True))
+        return {r.key: _alert(r) for r in conn.execute(stmt)}
 
     def insert_alert(self, conn: Connection, values: Mapping[str, Any]) -> int:
         key = conn.execute(ALERT.insert().values(**values)).inserted_primary_key
@@ -229,6 +234,12 @@ class AutomationStore:
         conn.execute(ALERT.update().where(ALERT.c.id == alert_id).values(
             count=ALERT.c.count + 1, last_seen=now, severity=severity, message=message,
             details=dict(details)))
+
+    def touch_alerts(self, conn: Connection, ids: Sequence[int], now: float) -> None:
+        """Alerts seen again, unchanged: one statement for all of them."""
+        for i in range(0, len(ids), 5000):
+            conn.execute(ALERT.update().where(ALERT.c.id.in_(list(ids[i:i + 5000])))
+                         .values(count=ALERT.c.count + 1, last_seen=now))
 
     def get_alert(self, alert_id: int, conn: Connection | None = None) -> AlertRow:
         with self._conn(conn) as c:

@@ -29,6 +29,7 @@ from fleet_tui.domain.rollout import HALTED, WAVE_FAILED
 from fleet_tui.registry.automation_store import AlertRow
 from fleet_tui.registry.errors import NotFound
 from fleet_tui.registry.registry import GroupNode, Registry
+from fleet_tui.service.evaluation import PreparedStep
 from fleet_tui.service.events import PresenceChanged
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,18 @@ def resolve_alert(registry: Registry, alert_id: int, actor: Any) -> AlertRow:
 
 
 def apply_signals(registry: Registry, conn: Any, signals: Sequence[AlertSignal], now: float,
-                  *, may_resolve: Callable[[str], bool]) -> tuple[int, int]:
+                  *, may_resolve: Callable[[str], bool], kinds: Sequence[str] | None = None,
+                  key_prefix: str | None = None) -> tuple[int, int]:
     """Raise new alerts, refresh repeated ones, resolve open ones whose signal stopped
-    (among those ``may_resolve`` says this evaluation covers). Returns (raised, resolved)."""
+    (among those ``may_resolve`` says this evaluation covers). Returns (raised, resolved).
+    One audit entry per evaluation lists what was raised and resolved (with evidence)."""
     store = registry.automation
-    open_by_key = store.open_alerts(conn)
+    # ``kinds`` / ``key_prefix`` narrow the read to the alerts this caller owns.
+    open_by_key = store.open_alerts(conn, kinds, key_prefix)
     scope = [k for k in open_by_key if may_resolve(k)]
-    plan = reconcile(scope, [s for s in signals if may_resolve(s.key)] , set(
-        k.split(":", 1)[0] for k in scope) | {s.kind for s in signals})
+    plan = reconcile(scope, [s for s in signals if may_resolve(s.key)],
+                     {k.split(":", 1)[0] for k in scope} | {s.kind for s in signals})
+    raised: list[dict[str, Any]] = []
     for s in plan.raise_new:
         if s.key in open_by_key:
             continue
@@ -88,18 +93,27 @@ def apply_signals(registry: Registry, conn: Any, signals: Sequence[AlertSignal],
             "subject": s.subject, "message": s.message, "details": s.details,
             "status": OPEN, "count": 1, "raised_at": now, "last_seen": now,
             "resolved_at": None, "notified": None})
-        registry.audit.append(conn, "alerts", "system", "alert.raise", str(alert_id),
-                              {"key": s.key, "severity": s.severity, "message": s.message,
-                               "evidence": s.details}, ts=now)
+        raised.append({"id": alert_id, "key": s.key, "severity": s.severity,
+                       "message": s.message, "evidence": s.details})
+    unchanged = []
     for s in plan.refresh:
-        store.refresh_alert(conn, open_by_key[s.key].id, now, s.severity, s.message,
-                            s.details)
+        row = open_by_key[s.key]
+        if (row.severity, row.message, row.details) == (s.severity, s.message, s.details):
+            unchanged.append(row.id)
+        else:
+            store.refresh_alert(conn, row.id, now, s.severity, s.message, s.details)
+    store.touch_alerts(conn, unchanged, now)
     resolved = [open_by_key[k].id for k in plan.resolve]
     store.update_alerts(conn, resolved, status=RESOLVED, resolved_at=now)
-    for k in plan.resolve:
+    if raised:
+        registry.audit.append(conn, "alerts", "system", "alert.raise",
+                              ",".join(str(r["id"]) for r in raised[:20]),
+                              {"alerts": raised[:200], "count": len(raised)}, ts=now)
+    if resolved:
         registry.audit.append(conn, "alerts", "system", "alert.resolve",
-                              str(open_by_key[k].id), {"key": k}, ts=now)
-    return len(plan.raise_new), len(resolved)
+                              ",".join(str(i) for i in resolved[:20]),
+                              {"keys": plan.resolve[:200], "count": len(resolved)}, ts=now)
+    return len(raised), len(resolved)
 
 
 def all_groups(registry: Registry) -> list[GroupNode]:
@@ -118,18 +132,18 @@ def group_members(registry: Registry, conn: Any, name: str) -> list[str]:
 
 # ------------------------------------------------------------------ health rules
 
-class AlertMonitor:
-    """Tick participant: evaluates the health rules every ``evaluate_s``."""
+class AlertMonitor(PreparedStep):
+    """Tick participant: evaluates the health rules every ``evaluate_s`` outside the lock
+    (see ``evaluation.py``); the tick raises and resolves what the evaluation found."""
 
     def __init__(self, registry: Registry, engine: Any, *, evaluate_s: float = 10.0,
                  offline_share: float = 0.2, webhook: WebhookSender | None = None) -> None:
+        super().__init__(evaluate_s)
         self.registry = registry
         self.engine = engine  # the JobsEngine: presence, telemetry
-        self.evaluate_s = evaluate_s
         self.offline_share = offline_share
         self.webhook = webhook
         self.gone_dark: dict[str, float] = {}
-        self._last = 0.0
         engine.events.subscribe(self._on_event)
 
     def _on_event(self, event: Any) -> None:
@@ -138,6 +152,10 @@ class AlertMonitor:
                 self.gone_dark[event.thing] = event.ts
             elif event.online:
                 self.gone_dark.pop(event.thing, None)
+
+    def evaluate(self, now: float) -> list[AlertSignal]:
+        with self.registry.engine.connect() as conn:
+            return self.signals(conn, now)
 
     def signals(self, conn: Any, now: float) -> list[AlertSignal]:
         presence, telemetry = self.engine.presence, self.engine.telemetry
@@ -167,7 +185,7 @@ class AlertMonitor:
                         f"(robust z {a.score:+.1f})", node.name,
                         {"device": a.device_id, "metric": metric, "value": a.value,
                          "score": round(a.score, 2)}))
-        for thing, ts in sorted(self.gone_dark.items()):
+        for thing, ts in sorted(self.gone_dark.copy().items()):
             seen = time.strftime("%H:%M:%S", time.gmtime(ts))
             out.append(AlertSignal("gone_dark", thing, "warning",
                                    f"{thing} went silent (last seen {seen} UTC)",
@@ -187,13 +205,13 @@ class AlertMonitor:
         return out
 
     def tick(self, conn: Any, now: float, result: Any) -> None:
-        if now - self._last < self.evaluate_s:
+        ready = self.take()
+        if not ready:
             return
-        self._last = now
+        _, signals = ready[-1]  # the newest judgement supersedes older ones
         try:
             with conn.begin_nested():
-                signals = self.signals(conn, now)
-                apply_signals(self.registry, conn, signals, now,
+                apply_signals(self.registry, conn, signals, now, kinds=HEALTH_KINDS,
                               may_resolve=lambda key: key.split(":", 1)[0] in HEALTH_KINDS)
         except Exception:  # the alert sweep never stops the engine's tick
             log.exception("alert evaluation failed")

@@ -117,10 +117,12 @@ class JobsEngine:
         self._last_cancel_scan = 0.0
         self.rollouts: Any = None  # RolloutEngine, set by the service
         # Automation (service/automation.py) hooks in here, kept small on purpose:
-        # participants' ``tick(conn, now, result)`` run inside every tick's transaction
-        # after the rollouts (scheduler, policies, alerts); ``after_tick(now)`` runs once
-        # it committed. ``release_gate(conn, job, now)`` returns a device filter for a
-        # job's release step (maintenance windows) or None when every device may start.
+        # participants' ``prepare(now)`` runs before each tick takes the lock (heavy reads
+        # go there, see service/evaluation.py), ``tick(conn, now, result)`` inside every
+        # tick's transaction after the rollouts (scheduler, policies, alerts), and
+        # ``after_tick(now)`` once it committed. ``release_gate(conn, job, now)`` returns a
+        # device filter for a job's release step (maintenance windows) or None when every
+        # device may start.
         self.participants: list[Any] = []
         self.release_gate: Callable[[Any, JobRow, float], Callable[[str], bool] | None] \
             | None = None
@@ -301,6 +303,8 @@ class JobsEngine:
         dirty = set(dirty or ())
         dirty.update(t for t, w in self.watch.items()
                      if w.healthy_since is not None and now - w.healthy_since >= w.soak_s)
+        for participant in self.participants:
+            participant.prepare(now)
         with self.registry.locked() as conn:
             jobs = self._tended_jobs(conn)
             by_id = {j.id: j for j in jobs}

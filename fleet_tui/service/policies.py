@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from fleet_tui.registry.automation_store import PolicyRow
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.alerts import all_groups, apply_signals, group_members
+from fleet_tui.service.evaluation import PreparedStep
 from fleet_tui.service.job_control import Actor, Target, create_job, plan_job
 
 log = logging.getLogger(__name__)
@@ -109,18 +112,31 @@ def delete_policy(registry: Registry, name: str, actor: Actor) -> None:
 
 # ------------------------------------------------------------------ the engine step
 
-class PolicyEngine:
-    """Tick participant: evaluates the enabled policies every ``evaluate_s``."""
+@dataclass(slots=True)
+class Decision:
+    """One policy's judgement of one evaluation, applied later inside the engine's tick."""
+
+    name: str
+    rule: PolicyRule
+    due: list[str] = field(default_factory=list)  # subjects to act on (before the limit)
+    ripe: list[str] = field(default_factory=list)  # alert policies: subjects held long enough
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    firmware: dict[str, Any] = field(default_factory=dict)
+
+
+class PolicyEngine(PreparedStep):
+    """Tick participant: judges the enabled policies every ``evaluate_s`` outside the lock
+    (see ``evaluation.py``) and carries out what is due inside the engine's transaction."""
 
     def __init__(self, registry: Registry, engine: Any, *, evaluate_s: float = 10.0,
                  policies_file: str = "") -> None:
+        super().__init__(evaluate_s)
         self.registry = registry
         self.engine = engine  # the JobsEngine: presence, telemetry
-        self.evaluate_s = evaluate_s
         self.policies_file = policies_file
         self._file_mtime: float | None = None
-        self._last = 0.0
         self.held: dict[str, HeldFor] = {}
+        self._held_lock = threading.Lock()
         self.unhealthy_since: dict[str, float] = {}
         self.firings = 0
 
@@ -143,46 +159,74 @@ class PolicyEngine:
         except PolicyError as err:
             log.error("policies not reloaded: %s", err)
 
-    def tick(self, conn: Any, now: float, result: Any) -> None:
-        if now - self._last < self.evaluate_s:
-            return
-        self._last = now
-        policies = [p for p in self.registry.automation.list_policies(conn) if p.enabled]
-        if not policies:
-            return
-        facts = _FactCache(self, conn, now)
-        for row in policies:
-            try:
-                rule = PolicyRule.from_dict(row.definition)
-            except PolicyError as err:
-                log.error("policy %s skipped: %s", row.name, err)
-                continue
-            try:
-                with conn.begin_nested():
-                    self._evaluate(conn, row, rule, facts, now)
-            except Exception as err:  # a failing policy never stops the engine's tick
-                if not isinstance(err, (JobError, RolloutError, RegistryError, ValueError)):
-                    log.exception("policy %s failed", row.name)
-                log.warning("policy %s: %s", row.name, err)
-                self.registry.audit.append(conn, f"policy:{row.name}", "system",
-                                           "policy.error", row.name, {"error": str(err)},
-                                           ts=now)
+    # ------------------------------------------------------- judge (no lock held)
 
-    def _evaluate(self, conn: Any, row: PolicyRow, rule: PolicyRule, facts: _FactCache,
-                  now: float) -> None:
+    def evaluate(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        with self.registry.engine.connect() as conn:
+            policies = [p for p in self.registry.automation.list_policies(conn) if p.enabled]
+            if not policies:
+                return decisions
+            facts = _FactCache(self, conn, now)
+            for row in policies:
+                try:
+                    rule = PolicyRule.from_dict(row.definition)
+                    decision = self._judge(row, rule, facts, now)
+                except Exception as err:
+                    log.error("policy %s not evaluated: %s", row.name, err)
+                    continue
+                if decision is not None:
+                    decisions.append(decision)
+        return decisions
+
+    def _judge(self, row: PolicyRow, rule: PolicyRule, facts: _FactCache, now: float
+               ) -> Decision | None:
         subjects = facts.devices(rule.group) if rule.scope == "device" else \
             facts.groups(rule.group)
         query = rule.query
         matching = {sid: rec for sid, rec in subjects.items() if query.matches(rec)}
-        held = self.held.setdefault(row.name, HeldFor())
-        if rule.then == "alert":
-            self._alerts(conn, row, rule, matching, held, now)
-            return
-        due = held.update(matching, now, rule.held_s, rule.cooldown_s)
+        with self._held_lock:
+            held = self.held.setdefault(row.name, HeldFor())
+            if rule.then == "alert":
+                held.update(matching, now, rule.held_s, 0.0)
+                ripe = sorted(s for s, t in held.since.items() if now - t >= rule.held_s)
+                return Decision(row.name, rule, ripe=ripe,
+                                evidence={s: _evidence(matching[s]) for s in ripe})
+            due = held.update(matching, now, rule.held_s, rule.cooldown_s)
         if not due:
+            return None
+        firmware = {d: facts.firmware[d] for d in due if d in facts.firmware} \
+            if rule.then == "rollback" else {}
+        return Decision(row.name, rule, due=due,
+                        evidence={s: _evidence(matching[s]) for s in due}, firmware=firmware)
+
+    # ------------------------------------------------------- act (inside the tick)
+
+    def tick(self, conn: Any, now: float, result: Any) -> None:
+        for _, decisions in self.take():
+            for d in decisions:
+                try:
+                    with conn.begin_nested():
+                        self._apply(conn, d, now)
+                except Exception as err:  # a failing policy never stops the engine's tick
+                    if not isinstance(err, (JobError, RolloutError, RegistryError,
+                                            ValueError)):
+                        log.exception("policy %s failed", d.name)
+                    log.warning("policy %s: %s", d.name, err)
+                    self.registry.audit.append(conn, f"policy:{d.name}", "system",
+                                               "policy.error", d.name, {"error": str(err)},
+                                               ts=now)
+
+    def _apply(self, conn: Any, d: Decision, now: float) -> None:
+        row = self.registry.automation.get_policy(d.name, conn)  # now: enabled, limit state
+        if not row.enabled:
+            return
+        rule = d.rule
+        if rule.then == "alert":
+            self._alerts(conn, row, d, now)
             return
         allowed = within_rate(row.fired_at, rule.max_per_hour, now)
-        fire, limited = due[:allowed], due[allowed:]
+        fire, limited = d.due[:allowed], d.due[allowed:]
         actor = Actor(f"policy:{row.name}", "system")
         if limited:
             self.registry.audit.append(conn, actor.name, actor.role, "policy.rate_limited",
@@ -190,57 +234,60 @@ class PolicyEngine:
                                                   "max_per_hour": rule.max_per_hour}, ts=now)
         if not fire:
             return
-        evidence = {s: _evidence(matching[s]) for s in fire}
         if row.dry_run:
             outcome: dict[str, Any] = {"dry_run": True, "would": rule.then}
         else:
-            outcome = self._act(conn, rule, fire, facts, actor)
-        for s in fire:
-            held.mark_fired(s, now)
+            outcome = self._act(conn, rule, fire, d, actor, now)
+        with self._held_lock:
+            held = self.held.setdefault(row.name, HeldFor())
+            for s in fire:
+                held.mark_fired(s, now)
         recent = [t for t in row.fired_at if now - t < 3600] + [now] * len(fire)
         self.registry.automation.update_policy(conn, row.name, fired_at=recent)
         self.firings += len(fire)
         self.registry.audit.append(
             conn, actor.name, actor.role, "policy.dry_run" if row.dry_run else "policy.fire",
             row.name, {"when": rule.when, "then": rule.then, "subjects": fire,
-                       "evidence": evidence, **outcome}, ts=now)
+                       "evidence": {s: d.evidence[s] for s in fire}, **outcome}, ts=now)
 
-    def _alerts(self, conn: Any, row: PolicyRow, rule: PolicyRule,
-                matching: dict[str, DeviceRecord], held: HeldFor, now: float) -> None:
-        held.update(matching, now, rule.held_s, 0.0)
-        ripe = sorted(s for s, t in held.since.items() if now - t >= rule.held_s)
+    def _alerts(self, conn: Any, row: PolicyRow, d: Decision, now: float) -> None:
+        rule = d.rule
         prefix = f"policy:{rule.group or ''}:{rule.name}/"
-        open_keys = set(self.registry.automation.open_alerts(conn))
-        new = [s for s in ripe if prefix + s not in open_keys]
+        open_keys = set(self.registry.automation.open_alerts(conn, ["policy"], prefix))
+        new = [s for s in d.ripe if prefix + s not in open_keys]
         allowed = within_rate(row.fired_at, rule.max_per_hour, now)
         if row.dry_run:
-            would = [s for s in new if not held.fired.get(s)][:allowed]
-            for s in would:
-                held.mark_fired(s, now)
+            with self._held_lock:
+                held = self.held.setdefault(row.name, HeldFor())
+                would = [s for s in new if not held.fired.get(s)][:allowed]
+                for s in would:
+                    held.mark_fired(s, now)
             if would:
                 self.registry.audit.append(
                     conn, f"policy:{row.name}", "system", "policy.dry_run", row.name,
                     {"when": rule.when, "then": "alert", "subjects": would,
-                     "evidence": {s: _evidence(matching[s]) for s in would}}, ts=now)
+                     "evidence": {s: d.evidence[s] for s in would}}, ts=now)
             return
-        keep = set(ripe) - set(new[allowed:])
+        keep = set(d.ripe) - set(new[allowed:])
         signals = [AlertSignal("policy", f"{rule.name}/{s}", rule.severity,
                                f"policy {rule.name}: {s} matches {rule.when}", rule.group,
-                               _evidence(matching[s])) for s in sorted(keep)]
-        raised, _ = apply_signals(self.registry, conn, signals, now,
+                               d.evidence[s]) for s in sorted(keep)]
+        raised, _ = apply_signals(self.registry, conn, signals, now, kinds=["policy"],
+                                  key_prefix=prefix,
                                   may_resolve=lambda key: key.startswith(prefix))
         if raised:
             recent = [t for t in row.fired_at if now - t < 3600] + [now] * raised
             self.registry.automation.update_policy(conn, row.name, fired_at=recent)
             self.firings += raised
 
-    def _act(self, conn: Any, rule: PolicyRule, subjects: list[str], facts: _FactCache,
-             actor: Actor) -> dict[str, Any]:
+    def _act(self, conn: Any, rule: PolicyRule, subjects: list[str], d: Decision,
+             actor: Actor, now: float) -> dict[str, Any]:
         if rule.then == "job":
             settings = JobSettings.from_dict(rule.job.get("settings") or {})
-            target = Target(device_ids=tuple(subjects)) if rule.scope == "device" else None
+            targets = [Target(device_ids=tuple(subjects))] if rule.scope == "device" else \
+                [Target(group=g) for g in subjects]
             jobs = []
-            for t in ([target] if target else [Target(group=g) for g in subjects]):
+            for t in targets:
                 plan = plan_job(self.registry, rule.job["type"], rule.job.get("params") or {},
                                 t, settings, conn=conn)
                 create_job(self.registry, plan, actor, conn=conn)
@@ -265,18 +312,17 @@ class PolicyEngine:
                         halted.append(r.id)
             return {"halted": halted}
         if rule.then == "rollback":
-            return self._rollback(conn, subjects, facts, actor)
+            return self._rollback(conn, subjects, d.firmware, actor, now)
         raise PolicyError(f"policy {rule.name}: unknown action {rule.then!r}")
 
-    def _rollback(self, conn: Any, devices: list[str], facts: _FactCache, actor: Actor
-                  ) -> dict[str, Any]:
+    def _rollback(self, conn: Any, devices: list[str], firmware: dict[str, Any],
+                  actor: Actor, now: float) -> dict[str, Any]:
         """The previous firmware on each device: its running update (if any) is judged
         failed, then a firmware job sets its ``from`` version as desired."""
-        now = facts.now
         per_device: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         for d in devices:
-            start = facts.firmware.get(d)
+            start = firmware.get(d)
             previous = (start.params or {}).get("from") if start else None
             if start is None or not previous:
                 skipped[d] = "no earlier version known"
@@ -327,7 +373,8 @@ class _FactCache:
             presence = self.owner.engine.presence
             telemetry = self.owner.engine.telemetry
             records = {r.id: r for r in self.registry.device_records()}
-            latest = {d: t for d, t in telemetry.latest.items() if d in records}
+            # Copies: the service's loop keeps updating these while we read.
+            latest = {d: t for d, t in telemetry.latest.copy().items() if d in records}
             anomalous: set[str] = set()
             for metric in ANOMALY_METRICS:
                 values = {d: float(t[1][metric]) for d, t in latest.items()

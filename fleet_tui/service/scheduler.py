@@ -167,6 +167,9 @@ class Scheduler:
                                        s.id, {"kind": s.kind, "scheduled_for": s.next_run,
                                               "next_run": upcoming, **outcome}, ts=now)
 
+    def prepare(self, now: float) -> None:
+        return None
+
     def after_tick(self, now: float) -> None:
         return None
 

@@ -50,8 +50,12 @@ def fleet(db_url: str, tmp_path: Path) -> Iterator[FleetService]:
     import_fleet(registry, write_fleet_dir(tmp_path / "fleet", fleet_rows(12)))
     settings = Settings(db=db_url, operator="olga", role="approver")
     settings.automation.evaluate_s = 1.0
+    service = FleetService(settings, registry)
+    # Judge inline, on the test's clock (live, the judging runs on threads of its own).
+    service.policies.background = False  # type: ignore[attr-defined]
+    service.alerts.background = False  # type: ignore[attr-defined]
     try:
-        yield FleetService(settings, registry)
+        yield service
     finally:
         registry.close()
 
