@@ -9,6 +9,7 @@ alerts."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -402,3 +403,46 @@ def test_a_failing_policy_is_audited_and_the_engine_tick_goes_on(fleet: FleetSer
     error = reg.audit.entries(action="policy.error")[0]
     assert error.target == "broken" and "command" in error.details["error"]
     assert reg.audit.entries(action="policy.fire") == []
+
+
+async def test_live_window_holds_a_rollout_then_a_policy_halts_it(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The whole fleet, live: the service's own loop, simulated devices, real broker."""
+    import time as _time
+
+    from fleet_tui.service.scheduler import delete_window
+
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    other_day = days[(_time.gmtime().tm_wday + 3) % 7]
+    with firmware_server() as base_url:
+        async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                              base_url) as rig:
+            rig.settings.automation.evaluate_s = 0.5
+            reg = rig.registry
+            create_policy(reg, {"name": "halt-on-offline", "scope": "group",
+                                "when": "offline_share > 0.2 and active_rollouts > 0",
+                                "then": "halt_rollouts"}, OPS)
+            set_window(reg, "plant", f"{other_day} 00:00-00:01 UTC", OPS)
+            await rig.start_service()
+            await rig.start_fleet()
+            plan = plan_rollout(reg, "2.3.0", "plant", job_settings=JobSettings(soak_s=30))
+            rollout = start_rollout(reg, plan, OPS, confirm="2.3.0")
+            wave_job = rollout.waves[0].job_id
+            assert wave_job
+            await asyncio.sleep(2.0)  # ten engine ticks: the window keeps every device waiting
+            execs = reg.jobs.executions(wave_job)
+            assert execs and all(e.status == "QUEUED" and e.notified_at is None for e in execs)
+            delete_window(reg, "plant", OPS)
+            await rig.until(lambda: all(e.status != "QUEUED"
+                                        for e in reg.jobs.executions(wave_job)), 20,
+                            "the wave to start once the window is gone")
+            assert rig.fleet is not None
+            for thing in ("dev-008", "dev-009", "dev-010", "dev-011"):
+                await rig.fleet[thing].stop()  # a third of the plant goes offline
+            await rig.until(lambda: reg.rollouts.get(rollout.id).status == "HALTED", 20,
+                            "the policy to halt the rollout")
+            assert "halt-on-offline" in reg.rollouts.get(rollout.id).reason
+            fire = reg.audit.entries(action="policy.fire")[0]
+            assert fire.details["evidence"]["plant"]["offline"] >= 4
+            await rig.until(lambda: {a.kind for a in list_alerts(reg, status="open")}
+                            >= {"rollout_halted", "offline_spike"}, 20, "the alerts")
