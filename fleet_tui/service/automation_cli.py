@@ -73,7 +73,8 @@ def cmd_schedule_create(args: argparse.Namespace, settings: Settings) -> int:
         spec: dict[str, Any] = {"type": args.type, "params": params, "target": target,
                                 "settings": json.loads(args.settings or "{}")}
     else:
-        spec = {"release": args.release, "group": args.group, "waves": args.waves}
+        spec = {"release": args.release, "group": args.group, "waves": args.waves,
+                "confirm": args.confirm}
     registry = _registry(settings)
     try:
         row = create_schedule(registry, args.kind, spec, _mutating(settings, "schedule.create"),
@@ -278,6 +279,8 @@ def register(sub: Any) -> None:
     p.add_argument("--where")
     p.add_argument("--release", help="release version (kind rollout)")
     p.add_argument("--waves", default="1,10,50,100")
+    p.add_argument("--confirm", metavar="VERSION", help="kind rollout: the release version, "
+                   "typed out")
     p.add_argument("--id")
     p.set_defaults(handler=cmd_schedule_create)
     p = actions.add_parser("list", help="schedules, their next and last runs")

@@ -71,6 +71,11 @@ def validate_spec(registry: Registry, kind: str, spec: Mapping[str, Any]) -> dic
         release, group = spec.get("release"), spec.get("group")
         if not isinstance(release, str) or not isinstance(group, str):
             raise RolloutError("release and group: required")
+        if spec.get("confirm") != release:
+            # As for starting one now: the operator types the version out, here at
+            # scheduling time (the scheduler confirms on its behalf when it runs).
+            raise RolloutError(f"to schedule, type the release version {release} as "
+                               f"confirm (got {spec.get('confirm')!r})")
         registry.get_release(release)
         registry.get_group(group)
         waves = spec.get("waves", "1,10,50,100")
@@ -79,7 +84,7 @@ def validate_spec(registry: Registry, kind: str, spec: Mapping[str, Any]) -> dic
         WaveSpec.parse(waves)
         Gates.from_dict(spec.get("gates") or {})
         JobSettings.from_dict(spec.get("job_settings") or {})
-        return {"release": release, "group": group, "waves": waves,
+        return {"release": release, "group": group, "waves": waves, "confirm": release,
                 "gates": dict(spec.get("gates") or {}),
                 "job_settings": dict(spec.get("job_settings") or {})}
     raise ScheduleError(f"kind: expected one of {', '.join(KINDS)}")

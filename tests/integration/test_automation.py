@@ -24,6 +24,7 @@ import pytest
 
 from fleet_tui.config import Settings
 from fleet_tui.domain.jobs import JobSettings
+from fleet_tui.domain.rollout import RolloutError
 from fleet_tui.registry.importer import import_fleet
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.alerts import list_alerts, recent_alert_counts
@@ -117,7 +118,11 @@ def test_one_shot_rollout_starts_at_its_time_and_a_failed_run_is_recorded(
         fleet: FleetService) -> None:
     reg = fleet.registry
     now = 1_900_000_000.0
-    create_schedule(reg, "rollout", {"release": "2.3.0", "group": "plant", "waves": "25,100"},
+    with pytest.raises(RolloutError, match=r"type the release version 2\.3\.0"):
+        create_schedule(reg, "rollout", {"release": "2.3.0", "group": "plant"}, OPS,
+                        at=now + 60, now=now)
+    create_schedule(reg, "rollout", {"release": "2.3.0", "group": "plant", "waves": "25,100",
+                                     "confirm": "2.3.0"},
                     OPS, at=now + 60, schedule_id="fw", now=now)
     create_schedule(reg, "job", {"type": "reboot", "target": {"where": 'id = "ghost"'}}, OPS,
                     at=now + 60, schedule_id="nothing", now=now)
@@ -144,7 +149,8 @@ def test_bad_schedules_are_refused_before_anything_is_stored(fleet: FleetService
         create_schedule(reg, "job", {"type": "diagnostic", "target": {"group": "plant"}},
                         OPS, cron="0 25 * * *")
     with pytest.raises(NotFound, match="nope"):
-        create_schedule(reg, "rollout", {"release": "2.3.0", "group": "nope"}, OPS, at=1)
+        create_schedule(reg, "rollout", {"release": "2.3.0", "group": "nope",
+                                         "confirm": "2.3.0"}, OPS, at=1)
     with pytest.raises(JobError, match="command"):
         create_schedule(reg, "job", {"type": "command", "params": {"command": "x"},
                                      "target": {"group": "plant"}}, OPS, at=1)
