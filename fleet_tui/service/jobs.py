@@ -191,7 +191,10 @@ class JobsEngine:
     async def tick_and_publish(self, publish: Publisher, now: float) -> TickResult:
         dirty, self.dirty = self.dirty, set()
         result = await asyncio.to_thread(self.tick, now, dirty)
-        self.apply_desired(result.desired)
+        items = list(result.desired.items())
+        for i in range(0, len(items), 1000):  # keep reading MQTT during a large release
+            self.apply_desired(dict(items[i:i + 1000]))
+            await asyncio.sleep(0)
         await publish(result.out)
         return result
 
@@ -295,7 +298,7 @@ class JobsEngine:
             jobs = self._tended_jobs(conn)
             by_id = {j.id: j for j in jobs}
             # Firmware executions: what the shadows say since the last tick.
-            finished: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+            finished: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
             details: dict[str, dict[str, dict[str, Any]]] = {}
             for thing in dirty:
                 w = self.watch.get(thing)
@@ -304,14 +307,13 @@ class JobsEngine:
                 before = w.phase
                 verdict = self._evaluate(thing, w, now)
                 if verdict is not None:
-                    finished.setdefault((w.job_id, verdict[0]), []).append((thing, verdict[1]))
+                    finished.setdefault(w.job_id, []).append((thing, *verdict))
                 elif w.phase != before:
                     details.setdefault(w.job_id, {})[thing] = {"phase": w.phase}
-            for (job_id, status), items in finished.items():
-                for thing, info in items:
-                    if self.registry.jobs.transition(conn, job_id, [thing], [IN_PROGRESS],
-                                                     status, now, details=info):
-                        result.changed_jobs.add(job_id)
+            for job_id, items in finished.items():
+                self.registry.jobs.finish_many(conn, job_id, items, IN_PROGRESS, now)
+                result.changed_jobs.add(job_id)
+                for thing, _, _ in items:
                     self.watch.pop(thing, None)
             for job_id, notes in details.items():
                 self.registry.jobs.set_details(conn, job_id, notes, now)
