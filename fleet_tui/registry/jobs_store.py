@@ -206,20 +206,6 @@ class JobStore:
 
     # ------------------------------------------------------------ engine writes
 
-    def started_since(self, conn: Connection, job_id: str, since: float) -> int:
-        return int(conn.execute(sa.select(sa.func.count()).where(
-            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at >= since)).scalar() or 0)
-
-    def notified_total(self, conn: Connection, job_id: str) -> int:
-        return int(conn.execute(sa.select(sa.func.count()).where(
-            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at.is_not(None))).scalar() or 0)
-
-    def in_flight(self, conn: Connection, job_id: str) -> int:
-        """Executions the device was told about and that have not finished."""
-        return int(conn.execute(sa.select(sa.func.count()).where(
-            EXECUTION.c.job_id == job_id, EXECUTION.c.notified_at.is_not(None),
-            EXECUTION.c.status.in_(list(ACTIVE_STATES)))).scalar() or 0)
-
     def release(self, conn: Connection, job_id: str, n: int, now: float, *, start: bool
                 ) -> list[ExecutionRow]:
         """Mark the next ``n`` unnotified QUEUED executions (in ``seq`` order) notified;
@@ -361,3 +347,26 @@ class JobStore:
         for chunk in _chunks(list(results)):
             conn.execute(stmt, [{"b_dev": d, "b_status": st, "b_details": dict(info)}
                                 for d, st, info in chunk])
+
+    def stats(self, conn: Connection, job_id: str, since: float) -> JobStats:
+        """Counts by state, notified so far, in flight and started since ``since``: one
+        scan of the job's executions per engine tick, not four."""
+        notified = sa.case((EXECUTION.c.notified_at.is_not(None), 1), else_=0)
+        recent = sa.case((EXECUTION.c.notified_at >= since, 1), else_=0)
+        rows = conn.execute(
+            sa.select(EXECUTION.c.status, sa.func.count(), sa.func.sum(notified),
+                      sa.func.sum(recent))
+            .where(EXECUTION.c.job_id == job_id).group_by(EXECUTION.c.status)).all()
+        counts = {r[0]: int(r[1]) for r in rows}
+        told = {r[0]: int(r[2] or 0) for r in rows}
+        return JobStats(counts, sum(told.values()),
+                        sum(told.get(s, 0) for s in ACTIVE_STATES),
+                        sum(int(r[3] or 0) for r in rows))
+
+
+@dataclass(frozen=True, slots=True)
+class JobStats:
+    counts: dict[str, int]
+    notified: int
+    in_flight: int
+    started_recently: int

@@ -360,7 +360,8 @@ class JobsEngine:
             if retry:
                 store.requeue(conn, job.id, retry, now)
                 result.changed_jobs.add(job.id)
-        counts = store.counts([job.id], conn)[job.id]
+        stats = store.stats(conn, job.id, now - 60)
+        counts = stats.counts
         reason = abort_reason(settings, counts)
         if reason is not None:
             queued = store.device_ids(conn, job.id, [QUEUED])
@@ -372,9 +373,8 @@ class JobsEngine:
             result.changed_jobs.add(job.id)
             return
         if job.status == JOB_IN_PROGRESS:
-            budget = settings.release_budget(
-                store.in_flight(conn, job.id), store.started_since(conn, job.id, now - 60),
-                store.notified_total(conn, job.id), counts.get(SUCCEEDED, 0))
+            budget = settings.release_budget(stats.in_flight, stats.started_recently,
+                                             stats.notified, counts.get(SUCCEEDED, 0))
             released = store.release(conn, job.id, budget, now, start=shadow)
             if released:
                 result.changed_jobs.add(job.id)
