@@ -311,10 +311,13 @@ class JobStore:
             EXECUTION.c.job_id == job_id, EXECUTION.c.status.in_(list(states)))
             .order_by(EXECUTION.c.seq)).scalars())
 
-    def jobs_with_status(self, conn: Connection, states: Iterable[str]) -> list[str]:
-        """Jobs that have executions in one of ``states``."""
-        return list(conn.execute(sa.select(EXECUTION.c.job_id).where(
-            EXECUTION.c.status.in_(list(states))).distinct()).scalars())
+    def finished_jobs_with(self, conn: Connection, states: Iterable[str]) -> list[str]:
+        """Jobs no longer active that still have executions in one of ``states`` (an index
+        probe per job, not a scan of every execution)."""
+        inner = sa.select(EXECUTION.c.job_id).where(
+            EXECUTION.c.job_id == JOB.c.id, EXECUTION.c.status.in_(list(states)))
+        return list(conn.execute(sa.select(JOB.c.id).where(
+            JOB.c.status.not_in(list(JOB_ACTIVE)), inner.exists())).scalars())
 
     def retryable(self, conn: Connection, job_id: str, states: Iterable[str],
                   retries: int) -> list[str]:

@@ -282,9 +282,8 @@ class JobsEngine:
         """Active jobs, and finished ones that still have executions in progress (a
         cancel without force lets those run to their end)."""
         jobs = {j.id: j for j in self.registry.jobs.active(conn)}
-        for job_id in self.registry.jobs.jobs_with_status(conn, [IN_PROGRESS]):
-            if job_id not in jobs:
-                jobs[job_id] = self.registry.jobs.get(job_id, conn)
+        for job_id in self.registry.jobs.finished_jobs_with(conn, [IN_PROGRESS]):
+            jobs[job_id] = self.registry.jobs.get(job_id, conn)
         return sorted(jobs.values(), key=lambda j: j.created_at)
 
     def tick(self, now: float, dirty: set[str] | None = None) -> TickResult:
