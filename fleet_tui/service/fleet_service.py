@@ -49,6 +49,8 @@ class FleetService:
         self.session = MqttSession(
             settings.broker_host, settings.broker_port, self.client_id,
             self.topics.service_subscriptions(), self.dispatch,
+            tls_context=settings.ssl_context(), username=settings.mqtt_credentials()[0],
+            password=settings.mqtt_credentials()[1],
         )
         self.ready = asyncio.Event()
         self.ingest_interval = 1.0

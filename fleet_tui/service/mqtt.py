@@ -8,6 +8,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 
 import aiomqtt
@@ -37,6 +38,9 @@ class MqttSession:
         qos: int = 1,
         on_connect: Callable[[], None] | None = None,
         max_backoff: float = 10.0,
+        tls_context: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
@@ -47,6 +51,8 @@ class MqttSession:
         self.qos = qos
         self.on_connect = on_connect
         self.max_backoff = max_backoff
+        self.tls_context = tls_context
+        self.username, self.password = username, password
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0
@@ -65,6 +71,12 @@ class MqttSession:
             max_queued_outgoing_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=10,
+            tls_context=self.tls_context,
+            # paho checks the host name itself unless told not to; follow the context.
+            tls_insecure=(None if self.tls_context is None
+                          else not self.tls_context.check_hostname),
+            username=self.username,
+            password=self.password,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
