@@ -289,3 +289,56 @@ def test_tls_context_verifies_by_default(ca: TestCA) -> None:
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     insecure = tls_context(_tls(ca, insecure=True))
     assert insecure.verify_mode == ssl.CERT_REQUIRED and not insecure.check_hostname
+
+
+@pytest.mark.parametrize("auth", ["certificate", "password"])
+async def test_firmware_host_device_over_tls_reaches_the_service_only_as_itself(
+        ca: TestCA, tmp_path: Path, auth: str) -> None:
+    from tests.integration.devices import FIRMWARE_BINARY
+
+    if not FIRMWARE_BINARY.exists():
+        pytest.fail(f"{FIRMWARE_BINARY} is missing: run firmware/build.sh")
+    with broker(ca, tmp_path, auth) as mosq:
+        settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca, auth, "fleet-service")
+        registry = Registry.open(settings.db)
+        args = [str(FIRMWARE_BINARY), "--thing", "dev-a", "--broker", mosq.url,
+                "--state-dir", str(tmp_path / "flash"), "--hardware-rev", "rev-b",
+                "--firmware-version", "2.2.0", "--keepalive", "5", "--cafile", str(ca.cert)]
+        if auth == "certificate":
+            cert, key = _cert(ca, "dev-a")
+            args += ["--cert", str(cert), "--key", str(key)]
+        else:
+            (tmp_path / "pw").write_text(PASSWORDS["dev-a"] + "\n")
+            args += ["--password-file", str(tmp_path / "pw")]
+        log = (tmp_path / "device.log").open("wb")
+        async with running_service(settings, registry) as service:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                async with asyncio.timeout(15):
+                    while (doc := service.shadows.document("dev-a")) is None or \
+                            "firmware_version" not in doc.reported:
+                        await asyncio.sleep(0.1)
+                assert doc.reported["firmware_version"] == "2.2.0"
+                await ShadowClient(settings).update_desired("dev-a", {"led_is_on": True})
+                async with asyncio.timeout(10):
+                    while service.shadows.document("dev-a").reported.get(  # type: ignore[union-attr]
+                            "led_is_on") is not True:
+                        await asyncio.sleep(0.1)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        registry.close()
+        output = (tmp_path / "device.log").read_text(errors="replace")
+        assert "TLS on" in output
+
+
+def test_firmware_refuses_a_client_certificate_without_a_ca(tmp_path: Path) -> None:
+    from tests.integration.devices import FIRMWARE_BINARY
+
+    if not FIRMWARE_BINARY.exists():
+        pytest.fail(f"{FIRMWARE_BINARY} is missing: run firmware/build.sh")
+    result = subprocess.run(
+        [str(FIRMWARE_BINARY), "--thing", "dev-a", "--broker", "127.0.0.1:1",
+         "--state-dir", str(tmp_path), "--hardware-rev", "rev-b", "--firmware-version", "2.2.0",
+         "--cert", "c.pem", "--key", "k.pem"], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2 and "without --cafile" in result.stderr
