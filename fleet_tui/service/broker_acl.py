@@ -117,10 +117,17 @@ def _dynsec_acls(grants: Iterable[Grant]) -> list[dict[str, Any]]:
 def dynsec_commands(topics: Topics, *, service_user: str = SERVICE_USER,
                     app_users: Iterable[str] = (),
                     devices: Iterable[str] | None = None) -> dict[str, Any]:
-    """Dynamic-security control commands: default deny, three roles, a ``fleet-devices``
-    group holding the device role (its ACL uses ``%u``, which the plugin substitutes).
-    Clients are created without passwords: set them with ``mosquitto_ctrl dynsec
-    setClientPassword`` or authenticate devices by certificate."""
+    """Dynamic-security control commands: default deny, a service and an app role, and
+    per device a role with its own topics spelled out plus a client holding it.
+
+    The plugin in mosquitto 2.0 does not substitute ``%u``/``%c`` in ACL topics (measured
+    on 2.0.11: a ``subscribePattern`` of ``x/%u/#`` refused ``x/dev-a/#`` for user dev-a),
+    so dynsec needs the device list; the ``acl_file`` patterns are the form that scales.
+    Clients are created without passwords: set them with ``setClientPassword`` or
+    authenticate devices by certificate."""
+    if devices is None:
+        raise AclError("dynsec: mosquitto 2.0's plugin does not substitute %u in ACLs; "
+                       "use --devices-from-registry, or --format mosquitto for patterns")
     cmds: list[dict[str, Any]] = [
         {"command": "setDefaultACLAccess", "acls": [
             {"acltype": t, "allow": False}
@@ -128,19 +135,18 @@ def dynsec_commands(topics: Topics, *, service_user: str = SERVICE_USER,
         {"command": "createRole", "rolename": SERVICE_ROLE,
          "acls": _dynsec_acls(service_grants(topics))},
         {"command": "createRole", "rolename": APP_ROLE, "acls": _dynsec_acls(app_grants(topics))},
-        {"command": "createRole", "rolename": DEVICE_ROLE,
-         "acls": _dynsec_acls(device_grants(topics))},
-        {"command": "createGroup", "groupname": "fleet-devices",
-         "roles": [{"rolename": DEVICE_ROLE}]},
         {"command": "createClient", "username": _check_user(service_user, "service user"),
          "roles": [{"rolename": SERVICE_ROLE}]},
     ]
     for app in app_users:
         cmds.append({"command": "createClient", "username": _check_user(app, "app user"),
                      "roles": [{"rolename": APP_ROLE}]})
-    for thing in devices or ():
+    for thing in devices:
         if not valid_thing(thing):
             raise AclError(f"device {thing!r}: not a valid thing name")
+        role = f"{DEVICE_ROLE}-{thing}"
+        cmds.append({"command": "createRole", "rolename": role,
+                     "acls": _dynsec_acls(device_grants(topics, thing))})
         cmds.append({"command": "createClient", "username": thing,
-                     "groups": [{"groupname": "fleet-devices"}]})
+                     "roles": [{"rolename": role}]})
     return {"commands": cmds}

@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+DYNSEC_PLUGIN = next(
+    (str(p) for p in Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")),
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,13 +56,14 @@ class Mosquitto:
 
     def __init__(self, port: int | None = None, extra_conf: str = "", *,
                  tls: TlsListener | None = None, acl_file: Path | None = None,
-                 password_file: Path | None = None) -> None:
+                 password_file: Path | None = None, dynsec_file: Path | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.tls = tls
         self.acl_file = acl_file
         self.password_file = password_file
+        self.dynsec_file = dynsec_file  # the dynamic-security plugin's state (it rewrites it)
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-mosq-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -82,13 +87,23 @@ class Mosquitto:
         if tls is not None:
             tls = dataclasses.replace(tls, ca=self._readable(tls.ca),
                                       cert=self._readable(tls.cert), key=self._readable(tls.key))
-        anonymous = self.acl_file is None and self.password_file is None and not (
+        anonymous = all(f is None for f in (self.acl_file, self.password_file,
+                                            self.dynsec_file)) and not (
             self.tls is not None and self.tls.require_certificate)
         access = f"allow_anonymous {str(anonymous).lower()}\n"
         if self.acl_file is not None:
             access += f"acl_file {self._readable(self.acl_file)}\n"
         if self.password_file is not None:
             access += f"password_file {self._readable(self.password_file)}\n"
+        if self.dynsec_file is not None:
+            state = self.dir / "dynsec" / "dynamic-security.json"
+            if not state.exists():  # copied once: a restart keeps what the broker saved
+                state.parent.mkdir()
+                state.parent.chmod(0o777)  # the broker rewrites it as its own user
+                shutil.copyfile(self.dynsec_file, state)
+                state.chmod(0o666)
+                self.dir.chmod(0o755)
+            access += f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {state}\n"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             + (tls.conf() if tls is not None else "")

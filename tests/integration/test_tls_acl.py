@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import socket
 import ssl
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from fleet_tui.config import Settings, TlsSettings, tls_context
 from fleet_tui.registry.registry import Registry
-from fleet_tui.service.broker_acl import mosquitto_acl
+from fleet_tui.service.broker_acl import dynsec_commands, mosquitto_acl
 from fleet_tui.service.client import ServiceError, ShadowClient
 from fleet_tui.service.topics import Topics
 from fleet_tui.sim.mqtt_lite import MqttClient, MqttError
@@ -68,17 +69,44 @@ def broker(ca: TestCA, tmp: Path, auth: str | None) -> Iterator[Mosquitto]:
         for user, password in PASSWORDS.items():
             subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True,
                            capture_output=True)
-    mosq = Mosquitto(tls=listener, acl_file=acl, password_file=pw).start()
+    dynsec = None
+    if auth == "dynsec":
+        acl = None
+        dynsec = tmp / "dynsec" / "dynamic-security.json"
+        dynsec.parent.mkdir()
+        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec), "admin",
+                        "admin-secret"], check=True, capture_output=True)
+    mosq = Mosquitto(tls=listener, acl_file=acl, password_file=pw, dynsec_file=dynsec).start()
     try:
+        if dynsec is not None:
+            _dynsec_setup(mosq, ca, tmp)
         yield mosq
     finally:
         mosq.close()
 
 
+def _dynsec_setup(mosq: Mosquitto, ca: TestCA, tmp: Path) -> None:
+    """Send the generated dynamic-security commands as the admin, then set passwords
+    (``-m``: mosquitto 2.0.11's plugin refused the same JSON sent with ``-f``)."""
+    commands = dynsec_commands(TOPICS, app_users=["console"], devices=["dev-a", "dev-b"])
+    commands["commands"] += [{"command": "setClientPassword", "username": u, "password": pw}
+                             for u, pw in PASSWORDS.items()]
+    request = tmp / "dynsec-commands.json"
+    request.write_text(json.dumps(commands))
+    out = subprocess.run(
+        ["mosquitto_rr", "-h", mosq.host, "-p", str(mosq.port), "--cafile", str(ca.cert),
+         "-u", "admin", "-P", "admin-secret", "-t", "$CONTROL/dynamic-security/v1",
+         "-e", "$CONTROL/dynamic-security/v1/response", "-m", request.read_text(), "-W", "5"],
+        check=True, capture_output=True, text=True)
+    responses = json.loads(out.stdout)["responses"]
+    assert len(responses) == len(commands["commands"])
+    assert not [r for r in responses if "error" in r], responses
+
+
 def _settings(mosq: Mosquitto, db: str, ca: TestCA, auth: str | None, user: str) -> Settings:
     s = Settings(db=db, broker=mosq.url)
     s.tls = _tls(ca, user if auth == "certificate" else None)
-    if auth == "password":
+    if auth in ("password", "dynsec"):
         s.auth.username, s.auth.password = user, PASSWORDS[user]
     return s
 
@@ -174,7 +202,7 @@ def test_tls_settings_with_missing_files_fail_with_the_key_named(tmp_path: Path)
 # ----------------------------------------------------------------------- ACL
 
 
-@pytest.mark.parametrize("auth", ["certificate", "password"])
+@pytest.mark.parametrize("auth", ["certificate", "password", "dynsec"])
 async def test_device_cannot_read_or_write_another_devices_shadow(
         ca: TestCA, tmp_path: Path, auth: str) -> None:
     p = TOPICS.shadow_prefix

@@ -11,11 +11,13 @@ import pytest
 from fleet_tui import cli
 from fleet_tui.service.broker_acl import (
     DEVICE_ROLE,
+    AclError,
     device_grants,
     dynsec_commands,
     mosquitto_acl,
 )
 from fleet_tui.service.topics import Topics
+from tests.conftest import SAMPLE_DATA
 
 
 def test_pattern_acl_has_no_line_per_device_and_uses_the_user_name() -> None:
@@ -45,15 +47,20 @@ def test_explicit_device_blocks_for_listed_devices() -> None:
     assert "pattern" not in text.split("user dev-a")[1]
 
 
-def test_dynsec_default_deny_and_device_role_with_user_name_patterns() -> None:
+def test_dynsec_default_deny_and_a_role_per_device_with_its_own_topics() -> None:
     doc = dynsec_commands(Topics(), app_users=["console"], devices=["dev-a"])
     cmds = doc["commands"]
     assert cmds[0]["command"] == "setDefaultACLAccess"
     assert all(a["allow"] is False for a in cmds[0]["acls"])
-    role = next(c for c in cmds if c.get("rolename") == DEVICE_ROLE)
-    assert all("/%u/" in a["topic"] for a in role["acls"])
+    role = next(c for c in cmds if c.get("rolename") == f"{DEVICE_ROLE}-dev-a")
+    assert all("/dev-a/" in a["topic"] for a in role["acls"])
     assert {"command": "createClient", "username": "dev-a",
-            "groups": [{"groupname": "fleet-devices"}]} in cmds
+            "roles": [{"rolename": f"{DEVICE_ROLE}-dev-a"}]} in cmds
+
+
+def test_dynsec_without_a_device_list_is_refused_with_the_reason() -> None:
+    with pytest.raises(AclError, match="does not substitute %u"):
+        dynsec_commands(Topics())
 
 
 def test_cli_writes_the_acl_with_the_configured_prefix(tmp_path: Path,
@@ -64,6 +71,12 @@ def test_cli_writes_the_acl_with_the_configured_prefix(tmp_path: Path,
     assert cli.main(["broker", "acl", "-o", str(out), "--app-user", "console"]) == 0
     assert "user console" in out.read_text()
     assert "pattern write things/%u/shadow/update" in out.read_text()
-    assert cli.main(["broker", "acl", "--format", "dynsec", "-o", str(out)]) == 0
-    assert json.loads(out.read_text())["commands"]
+    assert cli.main(["broker", "acl", "--format", "dynsec", "-o", str(out)]) == 2
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert cli.main(["--db", db, "import", str(SAMPLE_DATA)]) == 0
+    assert cli.main(["--db", db, "broker", "acl", "--format", "dynsec",
+                     "--devices-from-registry", "-o", str(out)]) == 0
+    clients = [c for c in json.loads(out.read_text())["commands"]
+               if c["command"] == "createClient"]
+    assert len(clients) > 100
     assert cli.main(["broker", "acl", "--service-user", "bad user"]) == 2
