@@ -370,3 +370,15 @@ def test_firmware_refuses_a_client_certificate_without_a_ca(tmp_path: Path) -> N
          "--state-dir", str(tmp_path), "--hardware-rev", "rev-b", "--firmware-version", "2.2.0",
          "--cert", "c.pem", "--key", "k.pem"], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "without --cafile" in result.stderr
+
+
+def test_sim_refuses_a_cert_dir_missing_a_devices_certificate(
+        ca: TestCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet_tui import cli
+
+    monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("FLEET_TUI_TLS_CA", str(ca.cert))
+    assert cli.main(["sim", "--devices", "1", "--id-prefix", "zz-", "--broker", "127.0.0.1:1",
+                     "--tls-cert-dir", str(ca.dir)]) == 2
+    assert ".crt is missing in" in capsys.readouterr().err
