@@ -121,6 +121,9 @@ def test_cli_drives_a_rollout_end_to_end_on_the_sample_fleet(
                                            "json").stdout))
 
         _wait(lambda: status()["status"] == "WAITING_APPROVAL", 90, "the canary to pass")
+        denied = cli.run("--role", "operator", "rollout", "approve", rollout_id, ok=False)
+        assert denied.returncode == 2 and "approve rollout" in denied.stderr
+        assert status()["status"] == "WAITING_APPROVAL"
         approved = cli.run("rollout", "approve", rollout_id).stdout
         assert "wave 2 all" in approved
         final = _wait(lambda: (s := status())["status"] == COMPLETED and s, 120,
