@@ -75,7 +75,8 @@ def main() -> int:
                 "ts": now, "uptime_s": 1000, "heap_free": 9_000 if i % 97 == 0 else 120_000,
                 "rssi": -60, "cpu_pct": 20.0, "temp_c": 40.0 + i % 7,
                 "reset_reason": "poweron", "errors": 0}), now)
-        load_policy_file(registry, ROOT / "sample_data" / "policies.toml", Actor("bench"))
+        load_policy_file(registry, ROOT / "sample_data" / "policies.toml",
+                         Actor("bench", "approver"))
         first_group = registry.group_tree()[0].name
         set_window(registry, first_group, "Sat 01:00-02:00 UTC", Actor("bench"))
         groups = sum(1 for _ in registry.group_tree())

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fleet_tui import __version__
-from fleet_tui.config import ConfigError, Settings, load_settings
+from fleet_tui.config import ROLES, ConfigError, Settings, load_settings
 from fleet_tui.domain.jobs import JobError
 from fleet_tui.domain.query import QuerySyntaxError
+from fleet_tui.domain.roles import RoleError
 from fleet_tui.domain.rollout import RolloutError
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.service.client import ServiceError
@@ -60,6 +61,7 @@ def cmd_overview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("import_fleet")
     from fleet_tui.registry.importer import import_fleet
 
     registry = _open_registry(settings)
@@ -121,6 +123,7 @@ def cmd_groups_tree(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_create(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("edit_groups")
     registry = _open_registry(settings)
     if args.where:
         registry.parse_query(args.where)
@@ -134,12 +137,14 @@ def cmd_groups_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_delete(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("edit_groups")
     _open_registry(settings).delete_group(args.name)
     print(f"deleted group {args.name!r}")
     return 0
 
 
 def cmd_groups_move(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("edit_groups")
     _open_registry(settings).set_group_parent(args.name, args.parent)
     print(f"moved group {args.name!r} under {args.parent or '(root)'}")
     return 0
@@ -182,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="registry URL (sqlite:///path or postgresql://...)")
     parser.add_argument("--broker", help="MQTT broker HOST:PORT")
     parser.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
+    parser.add_argument("--role", choices=ROLES,
+                        help="operator role: viewer (read-only), operator, approver")
     parser.set_defaults(handler=cmd_overview)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -306,11 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config, {"db": args.db, "broker": args.broker})
+        settings = load_settings(args.config, {"db": args.db, "broker": args.broker,
+                                                 "role": args.role})
         handler: Handler = args.handler
         return handler(args, settings)
     except (CliError, ConfigError, QuerySyntaxError, RegistryError, ServiceError, JobError,
-            RolloutError) as err:
+            RolloutError, RoleError) as err:
         print(_format_error(err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

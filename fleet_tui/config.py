@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -97,6 +98,29 @@ class AutomationSettings:
 
 
 @dataclass
+class TlsSettings:
+    """TLS to the broker. The server certificate chain is always verified (against
+    ``ca_file``, or the system CAs for ``mqtts://`` without one); ``insecure`` only skips
+    the host name check, as mosquitto's ``--insecure`` and paho's ``tls_insecure_set`` do.
+    ``cert_file``/``key_file`` are this client's certificate (devices, or the service
+    when the broker maps certificate CNs to user names)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure: bool = False
+
+
+@dataclass
+class AuthSettings:
+    """MQTT user name and password (mosquitto ``password_file`` / dynamic security).
+    Prefer the ``FLEET_TUI_MQTT_PASSWORD`` env var to a password in the config file."""
+
+    username: str = ""
+    password: str = ""
+
+
+@dataclass
 class Settings:
     db: str = field(default_factory=default_db_url)
     broker: str = "127.0.0.1:1883"
@@ -115,6 +139,8 @@ class Settings:
     # drops: requests sent during a restart are delivered when it is back.
     service_id: str = ""
     session_expiry_s: int = 3600
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
 
     @property
@@ -124,6 +150,43 @@ class Settings:
     @property
     def broker_port(self) -> int:
         return parse_broker(self.broker)[1]
+
+    @property
+    def tls_enabled(self) -> bool:
+        """TLS when a CA or client certificate is configured, or the broker is ``mqtts://``."""
+        return bool(self.tls.ca_file or self.tls.cert_file
+                    or self.broker.strip().startswith("mqtts://"))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client-side TLS context every MQTT client uses, or None for plain TCP."""
+        return tls_context(self.tls) if self.tls_enabled else None
+
+    def mqtt_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) for CONNECT; (None, None) when not configured."""
+        return (self.auth.username or None, self.auth.password or None)
+
+    def allows(self, action: str) -> bool:
+        """Whether this operator's role may do ``action`` (see :mod:`fleet_tui.domain.roles`);
+        ``read_only`` allows only viewing whatever the role."""
+        from fleet_tui.domain.roles import allows, mutating
+
+        return allows(self.role, action) and not (self.read_only and mutating(action))
+
+    def require(self, action: str) -> None:
+        """Raise :class:`PermissionDenied` (a ConfigError: the CLI prints it, exit 2)
+        unless this operator may do ``action``."""
+        from fleet_tui.domain.roles import RoleError, require
+
+        role = "viewer" if self.read_only else self.role
+        try:
+            require(role, action)
+        except RoleError as err:
+            raise PermissionDenied(str(err) + (" (read-only)" if self.read_only else ""),
+                                   role, action) from None
+
+    def audit_fields(self) -> dict[str, str]:
+        """Who is acting, for the audit log: ``{"actor": operator, "role": role}``."""
+        return {"actor": self.operator, "role": "viewer" if self.read_only else self.role}
 
 
 ENV_VARS = {
@@ -136,14 +199,54 @@ ENV_VARS = {
     "FLEET_TUI_READ_ONLY": "read_only",
 }
 ROLES = ("viewer", "operator", "approver")
+#: Nested settings from the environment: var -> (section, key).
+SECTION_ENV_VARS = {
+    "FLEET_TUI_TLS_CA": ("tls", "ca_file"),
+    "FLEET_TUI_TLS_CERT": ("tls", "cert_file"),
+    "FLEET_TUI_TLS_KEY": ("tls", "key_file"),
+    "FLEET_TUI_TLS_INSECURE": ("tls", "insecure"),
+    "FLEET_TUI_MQTT_USERNAME": ("auth", "username"),
+    "FLEET_TUI_MQTT_PASSWORD": ("auth", "password"),
+}
+
+
+class PermissionDenied(ConfigError):
+    """The operator's role does not allow an action; the message names both."""
+
+    def __init__(self, message: str, role: str, action: str) -> None:
+        super().__init__(message)
+        self.role, self.action = role, action
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A client context: TLS 1.2+, chain verification always on, host name check unless
+    ``insecure``; the client certificate when configured. Bad files -> ConfigError."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"tls.{key} {path!r}: no such file")
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError("tls.key_file is set without tls.cert_file")
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.insecure:
+            ctx.check_hostname = False  # chain still verified: verify_mode stays CERT_REQUIRED
+        if tls.cert_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(f"tls: cannot load certificates: {err}") from None
+    return ctx
 
 
 def parse_broker(text: str) -> tuple[str, int]:
-    """``HOST[:PORT]`` (``mqtt://`` allowed) -> (host, port)."""
-    raw = text.removeprefix("mqtt://").strip()
+    """``HOST[:PORT]`` (``mqtt://`` allowed; ``mqtts://`` defaults to 8883) -> (host, port)."""
+    stripped = text.strip()
+    default_port = "8883" if stripped.startswith("mqtts://") else "1883"
+    raw = stripped.removeprefix("mqtt://").removeprefix("mqtts://")
     host, sep, port = raw.rpartition(":")
     if not sep:
-        host, port = raw, "1883"
+        host, port = raw, default_port
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"broker {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
     return host, int(port)
@@ -214,10 +317,17 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         settings.config_path = path
     env = {attr: os.environ[var] for var, attr in ENV_VARS.items() if var in os.environ}
     _apply(settings, env, "environment")
+    sections: dict[str, dict[str, str]] = {}
+    for var, (section, key) in SECTION_ENV_VARS.items():
+        if var in os.environ:
+            sections.setdefault(section, {})[key] = os.environ[var]
+    _apply(settings, sections, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
     if settings.role not in ROLES:
         raise ConfigError(f"role {settings.role!r}: expected one of {', '.join(ROLES)}")
     parse_broker(settings.broker)
     if settings.read_only:
         settings.role = "viewer"
+    if settings.role == "viewer":
+        settings.read_only = True  # the console hides mutating actions for viewers
     return settings

@@ -3,7 +3,7 @@
 # and the RISC-V cross compiler) when any is missing. Needs root (or sudo); prints what is
 # missing otherwise. Safe to run again: it does nothing when everything is there.
 set -euo pipefail
-PKGS=(mosquitto mosquitto-clients libmosquitto-dev libcjson-dev libcurl4-openssl-dev libssl-dev
+PKGS=(mosquitto mosquitto-clients openssl libmosquitto-dev libcjson-dev libcurl4-openssl-dev libssl-dev
       cmake gcc make pkgconf gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf tmux)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -24,6 +24,11 @@ enum {
     OPT_LOG_LEVEL,
     OPT_APP,
     OPT_RESET_REASON,
+    OPT_CAFILE,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_TLS_INSECURE,
+    OPT_PASSWORD_FILE,
 };
 
 void options_usage(const char *argv0, bool to_stderr)
@@ -49,6 +54,10 @@ void options_usage(const char *argv0, bool to_stderr)
             "  --keepalive S              MQTT keepalive (default 30)\n"
             "  --location LOC             self-reported tags.location\n"
             "  --log-level LEVEL          debug, info or warn (default info)\n"
+            "  --cafile FILE              TLS to the broker, verified against this CA\n"
+            "  --cert FILE --key FILE     this device's client certificate (CN = thing)\n"
+            "  --tls-insecure             skip the host name check (never the chain)\n"
+            "  --password-file FILE       MQTT password (user name = thing name)\n"
             "  --help                     this text\n",
             argv0);
 }
@@ -106,6 +115,11 @@ int options_parse(host_options_t *o, int argc, char **argv)
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"app", no_argument, NULL, OPT_APP},
         {"reset-reason", required_argument, NULL, OPT_RESET_REASON},
+        {"cafile", required_argument, NULL, OPT_CAFILE},
+        {"cert", required_argument, NULL, OPT_CERT},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"tls-insecure", no_argument, NULL, OPT_TLS_INSECURE},
+        {"password-file", required_argument, NULL, OPT_PASSWORD_FILE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -166,6 +180,11 @@ int options_parse(host_options_t *o, int argc, char **argv)
             }
             break;
         case OPT_APP: o->app = true; break;
+        case OPT_CAFILE: o->cafile = optarg; break;
+        case OPT_CERT: o->certfile = optarg; break;
+        case OPT_KEY: o->keyfile = optarg; break;
+        case OPT_TLS_INSECURE: o->tls_insecure = true; break;
+        case OPT_PASSWORD_FILE: o->password_file = optarg; break;
         case OPT_RESET_REASON:
             if (fleet_reset_reason_parse(optarg, &o->reset_reason) != FLEET_OK) {
                 return bad(argv0, "--reset-reason", optarg);
@@ -199,6 +218,16 @@ int options_parse(host_options_t *o, int argc, char **argv)
     }
     if (o->location != NULL && strlen(o->location) > FLEET_LOCATION_MAX) {
         return bad(argv0, "--location", o->location);
+    }
+    if ((o->certfile == NULL) != (o->keyfile == NULL)) {
+        return bad(argv0, "--cert/--key (give both)", o->certfile != NULL ? o->certfile
+                                                                          : o->keyfile);
+    }
+    if (o->certfile != NULL && o->cafile == NULL) {
+        return bad(argv0, "--cert without --cafile (the server must be verified)", o->certfile);
+    }
+    if (o->tls_insecure && o->cafile == NULL) {
+        return bad(argv0, "--tls-insecure without --cafile", NULL);
     }
     return 0;
 }

@@ -21,6 +21,14 @@ typedef struct {
     int confirm_timeout_s;
     int keepalive_s;
     fleet_log_level_t log_level;
+    /* TLS: the broker's CA (turns TLS on; the server certificate is always verified),
+     * this device's certificate and key, and skipping only the host name check. */
+    const char *cafile;
+    const char *certfile;
+    const char *keyfile;
+    bool tls_insecure;
+    /* Password auth: user name = thing name, password read from this file. */
+    const char *password_file;
     /* Set by the supervisor for the app it boots (hidden flags). */
     bool app;
     fleet_reset_reason_t reset_reason;

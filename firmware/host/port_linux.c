@@ -548,6 +548,63 @@ int port_linux_init(host_port_t *p, fleet_port_t *port, const host_options_t *op
     return 0;
 }
 
+/* Reads the first line of a password file; 0 on success. */
+static int read_password(const char *path, char *out, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    size_t len;
+
+    if (f == NULL) {
+        HOST_LOGE(TAG, "cannot read --password-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fgets(out, (int)size, f) == NULL) {
+        out[0] = '\0';
+    }
+    fclose(f);
+    len = strcspn(out, "\r\n");
+    out[len] = '\0';
+    return 0;
+}
+
+/* TLS (server always verified against --cafile) and password auth from the options. */
+static int configure_security(host_port_t *p)
+{
+    const host_options_t *o = p->opts;
+    int rc;
+
+    if (o->cafile != NULL) {
+        rc = mosquitto_tls_set(p->mosq, o->cafile, NULL, o->certfile, o->keyfile, NULL);
+        if (rc == MOSQ_ERR_SUCCESS) {
+            rc = mosquitto_tls_opts_set(p->mosq, 1 /* SSL_VERIFY_PEER */, "tlsv1.2", NULL);
+        }
+        if (rc == MOSQ_ERR_SUCCESS && o->tls_insecure) {
+            rc = mosquitto_tls_insecure_set(p->mosq, true);
+        }
+        if (rc != MOSQ_ERR_SUCCESS) {
+            HOST_LOGE(TAG, "TLS setup failed: %s",
+                      rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+            return -1;
+        }
+        HOST_LOGI(TAG, "TLS on (CA %s%s%s)", o->cafile, o->certfile != NULL ? ", client cert" : "",
+                  o->tls_insecure ? ", host name not checked" : "");
+    }
+    if (o->password_file != NULL) {
+        char password[256];
+
+        if (read_password(o->password_file, password, sizeof(password)) != 0) {
+            return -1;
+        }
+        rc = mosquitto_username_pw_set(p->mosq, o->thing, password);
+        memset(password, 0, sizeof(password));
+        if (rc != MOSQ_ERR_SUCCESS) {
+            HOST_LOGE(TAG, "cannot set the MQTT credentials: %s", mosquitto_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int port_linux_start_mqtt(host_port_t *p, const char *will_topic, const char *will_payload)
 {
     mosquitto_lib_init();
@@ -566,6 +623,9 @@ int port_linux_start_mqtt(host_port_t *p, const char *will_topic, const char *wi
         return -1;
     }
     (void)mosquitto_int_option(p->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+    if (configure_security(p) != 0) {
+        return -1;
+    }
     (void)mosquitto_reconnect_delay_set(p->mosq, RECONNECT_MIN_S, RECONNECT_MAX_S, true);
     HOST_LOGI(TAG, "connecting to %s:%d as %s", p->opts->broker_host, p->opts->broker_port,
               p->opts->thing);

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet_tui.api.auth import TokenTable, require
 from fleet_tui.api.problems import ApiProblem, install, problem_responses
 from fleet_tui.config import Settings
+from fleet_tui.domain import roles
 from fleet_tui.domain.jobs import JobError, JobSettings
 from fleet_tui.domain.rollout import Gates, RolloutError, WaveSpec
 from fleet_tui.registry.registry import GroupNode, Registry
@@ -28,7 +29,13 @@ from fleet_tui.service import policies as policy_service
 from fleet_tui.service import scheduler as schedule_service
 from fleet_tui.service.health_report import group_health_report
 from fleet_tui.service.job_control import Actor, Target, cancel_job, create_job, plan_job
-from fleet_tui.service.rollouts import act, plan_rollout, start_rollout, wave_status_counts
+from fleet_tui.service.rollouts import (
+    ACTION_PERMISSION,
+    act,
+    plan_rollout,
+    start_rollout,
+    wave_status_counts,
+)
 
 ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 SHADOW_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 502)
@@ -263,9 +270,9 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
                   description="Groups, devices, jobs, shadows, rollouts, schedules, "
                               "maintenance windows, policies, alerts and the audit log.")
     install(app)
-    viewer = Depends(require(tokens, "viewer"))
-    operator = Depends(require(tokens, "operator"))
-    approver = Depends(require(tokens, "approver"))
+    # One dependency per permission of roles.py: an endpoint names what it needs.
+    can = {permission: Depends(require(tokens, permission)) for permission in roles.ACTIONS}
+    viewer = can[roles.VIEW]
 
     def get(path: str, **kw: Any) -> Callable[[Any], Any]:
         return app.get(path, responses=ERRORS, **kw)
@@ -279,7 +286,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
         return [_group_out(registry, g) for g in alert_service.all_groups(registry)]
 
     @post("/api/groups", status_code=201, response_model=GroupOut, tags=["groups"])
-    def create_group(body: GroupIn, actor: Actor = operator) -> GroupOut:
+    def create_group(body: GroupIn, actor: Actor = can[roles.EDIT_GROUPS]) -> GroupOut:
         node = registry.create_group(body.name, kind=body.kind, query=body.query,
                                      parent=body.parent, members=body.members,
                                      description=body.description)
@@ -318,14 +325,14 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
         return report
 
     @app.put("/api/groups/{group_id}/window", responses=ERRORS, tags=["windows"])
-    def set_window(group_id: Name, body: WindowIn, actor: Actor = operator
-                   ) -> dict[str, Any]:
+    def set_window(group_id: Name, body: WindowIn,
+                   actor: Actor = can[roles.EDIT_GROUPS]) -> dict[str, Any]:
         w = schedule_service.set_window(registry, group_id, body.window, actor)
         return {"group": group_id, "window": w.text, "open": w.is_open(time.time())}
 
     @app.delete("/api/groups/{group_id}/window", status_code=204, responses=ERRORS,
                 tags=["windows"])
-    def delete_window(group_id: Name, actor: Actor = operator) -> None:
+    def delete_window(group_id: Name, actor: Actor = can[roles.EDIT_GROUPS]) -> None:
         schedule_service.delete_window(registry, group_id, actor)
 
     @get("/api/windows", tags=["windows"])
@@ -334,7 +341,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     # -------------------------------------------------------------- jobs
     @post("/api/jobs", status_code=201, response_model=JobPlanOut, tags=["jobs"])
-    def create_job_endpoint(body: JobIn, actor: Actor = operator) -> JobPlanOut:
+    def create_job_endpoint(body: JobIn, actor: Actor = can[roles.CREATE_JOB]) -> JobPlanOut:
         plan = plan_job(registry, body.type, body.params, _target(body.target),
                         _settings(body.settings), job_id=body.id)
         if not body.dry_run:
@@ -369,7 +376,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     @post("/api/jobs/{job_id}/cancel", response_model=CancelOut, tags=["jobs"])
     def cancel(job_id: Name, body: Annotated[CancelIn | None, Body()] = None,
-               actor: Actor = operator) -> CancelOut:
+               actor: Actor = can[roles.CANCEL_JOB]) -> CancelOut:
         body = body or CancelIn()
         r = cancel_job(registry, job_id, actor, force=body.force, reason=body.reason)
         return CancelOut(**asdict(r))
@@ -383,8 +390,8 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     @app.patch("/api/devices/{device_id}/shadow/desired", responses=SHADOW_ERRORS,
                tags=["shadows"])
-    async def update_desired(device_id: Name, body: DesiredIn, actor: Actor = operator
-                             ) -> dict[str, Any]:
+    async def update_desired(device_id: Name, body: DesiredIn,
+                             actor: Actor = can[roles.EDIT_DESIRED]) -> dict[str, Any]:
         from fleet_tui.service.client import ShadowClient
 
         answer = await ShadowClient(settings).update_desired(device_id, body.desired,
@@ -405,7 +412,8 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
         return dict(_plan(body).to_dict())
 
     @post("/api/rollouts", status_code=201, tags=["rollouts"])
-    def rollout_start(body: RolloutStartIn, actor: Actor = operator) -> dict[str, Any]:
+    def rollout_start(body: RolloutStartIn, actor: Actor = can[roles.START_ROLLOUT]
+                      ) -> dict[str, Any]:
         row = start_rollout(registry, _plan(body), actor, confirm=body.confirm)
         return _rollout(registry, row.id)
 
@@ -421,7 +429,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     def _action(action: str) -> Callable[..., dict[str, Any]]:
         def handler(rollout_id: Name, body: Annotated[ActionIn | None, Body()] = None,
-                    actor: Actor = approver if action == "approve" else operator
+                    actor: Actor = can[ACTION_PERMISSION[action]]
                     ) -> dict[str, Any]:
             try:
                 act(registry, rollout_id, action, actor, reason=(body or ActionIn()).reason)
@@ -442,7 +450,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
         return [s.to_dict() for s in registry.automation.list_schedules()]
 
     @post("/api/schedules", status_code=201, tags=["schedules"])
-    def create_schedule(body: ScheduleIn, actor: Actor = operator) -> dict[str, Any]:
+    def create_schedule(body: ScheduleIn, actor: Actor = can[roles.CREATE_JOB]) -> dict[str, Any]:
         row = schedule_service.create_schedule(registry, body.kind, body.spec, actor,
                                                at=body.at, cron=body.cron, tz=body.timezone,
                                                schedule_id=body.id)
@@ -454,7 +462,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     @app.delete("/api/schedules/{schedule_id}", status_code=204, responses=ERRORS,
                 tags=["schedules"])
-    def delete_schedule(schedule_id: Name, actor: Actor = operator) -> None:
+    def delete_schedule(schedule_id: Name, actor: Actor = can[roles.CREATE_JOB]) -> None:
         schedule_service.delete_schedule(registry, schedule_id, actor)
 
     # -------------------------------------------------------------- policies
@@ -463,14 +471,14 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
         return [p.to_dict() for p in policy_service.list_policies(registry)]
 
     @post("/api/policies", status_code=201, tags=["policies"])
-    def create_policy(body: PolicyIn, actor: Actor = operator) -> dict[str, Any]:
+    def create_policy(body: PolicyIn, actor: Actor = can[roles.CREATE_JOB]) -> dict[str, Any]:
         return policy_service.create_policy(registry, body.definition, actor,
                                             enabled=body.enabled,
                                             dry_run=body.dry_run).to_dict()
 
     @app.patch("/api/policies/{name}", responses=ERRORS, tags=["policies"])
-    def update_policy(name: Name, body: PolicyPatch, actor: Actor = operator
-                      ) -> dict[str, Any]:
+    def update_policy(name: Name, body: PolicyPatch,
+                      actor: Actor = can[roles.CREATE_JOB]) -> dict[str, Any]:
         return policy_service.set_policy(registry, name, actor, enabled=body.enabled,
                                          dry_run=body.dry_run).to_dict()
 
@@ -492,7 +500,7 @@ def create_app(registry: Registry, settings: Settings, tokens: TokenTable | None
 
     @post("/api/alerts/{alert_id}/resolve", tags=["alerts"])
     def resolve_alert(alert_id: Annotated[int, Path(ge=1, le=2**62)],
-                      actor: Actor = operator) -> dict[str, Any]:
+                      actor: Actor = can[roles.EDIT_GROUPS]) -> dict[str, Any]:
         return alert_service.resolve_alert(registry, alert_id, actor).to_dict()
 
     # -------------------------------------------------------------- audit

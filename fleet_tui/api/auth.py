@@ -1,8 +1,5 @@
-"""Bearer tokens mapped to operators and their roles.
-
-The role ladder (viewer < operator < approver) is a small table of its own here until the
-shared ``domain/roles.py`` lands; then ``allows`` switches over to it.
-"""
+"""Bearer tokens mapped to operators and their roles (``domain/roles.py``): each endpoint
+names the permission it needs; the service layer checks the actor's role again."""
 
 from __future__ import annotations
 
@@ -15,16 +12,13 @@ from fastapi import Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleet_tui.api.problems import ApiProblem
-from fleet_tui.config import ROLES, ConfigError, Settings
+from fleet_tui.config import ConfigError, Settings
+from fleet_tui.domain import roles
+from fleet_tui.domain.roles import ROLES
 from fleet_tui.service.job_control import Actor
 
-RANK = {"viewer": 0, "operator": 1, "approver": 2}
 # In the OpenAPI spec as a bearer security scheme; missing or malformed -> our 401 problem.
 BEARER = HTTPBearer(auto_error=False, description="a token from [automation.api_tokens]")
-
-
-def allows(role: str, needed: str) -> bool:
-    return RANK.get(role, -1) >= RANK[needed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +50,8 @@ class TokenTable:
         return None
 
 
-def require(tokens: TokenTable, role: str) -> Callable[..., Actor]:
-    """A FastAPI dependency: the token's actor, if its role is at least ``role``."""
+def require(tokens: TokenTable, permission: str) -> Callable[..., Actor]:
+    """A FastAPI dependency: the token's actor, if its role allows ``permission``."""
 
     def dependency(credentials: Annotated[HTTPAuthorizationCredentials | None,
                                           Security(BEARER)]) -> Actor:
@@ -66,9 +60,10 @@ def require(tokens: TokenTable, role: str) -> Callable[..., Actor]:
         actor = tokens.lookup(credentials.credentials.strip())
         if actor is None:
             raise ApiProblem(401, "unauthorized", "unknown token")
-        if not allows(actor.role, role):
+        if not roles.allows(actor.role, permission):
             raise ApiProblem(403, "forbidden",
-                             f"{actor.name} is {actor.role}; this needs {role}")
+                             f"{actor.name} is {actor.role}; this needs "
+                             f"{roles.minimum_role(permission)} ({permission})")
         return actor
 
     return dependency

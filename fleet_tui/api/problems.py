@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet_tui.domain.jobs import JobError
 from fleet_tui.domain.policy import PolicyError
 from fleet_tui.domain.query import QuerySyntaxError
+from fleet_tui.domain.roles import RoleError
 from fleet_tui.domain.rollout import RolloutError
 from fleet_tui.domain.schedule import ScheduleError
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
@@ -60,6 +61,8 @@ def problem(request: Request, status: int, kind: str, detail: str, **extra: Any
 
 
 def _classify(err: Exception) -> tuple[int, str, dict[str, Any]]:
+    if isinstance(err, RoleError):
+        return err.code, "forbidden", {}
     if isinstance(err, NotFound):
         return 404, "not-found", {}
     if isinstance(err, Conflict):
@@ -92,7 +95,7 @@ def install(app: FastAPI) -> None:
         return problem(request, err.status_code, "http", str(err.detail))
 
     for kind in (RegistryError, JobError, RolloutError, ScheduleError, PolicyError,
-                 QuerySyntaxError, ServiceError):
+                 QuerySyntaxError, ServiceError, RoleError):
         app.add_exception_handler(kind, _domain)
 
     @app.exception_handler(Exception)

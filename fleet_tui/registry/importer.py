@@ -47,7 +47,7 @@ def _device(file: str, row: int, data: Any) -> NewDevice:
         expected = ", ".join(sorted(DEVICE_FIELDS))
         raise fail(sorted(unknown)[0], f"unknown field (expected {expected})")
     dev_id = data.get("id")
-    if not isinstance(dev_id, str) or not THING_NAME.match(dev_id):
+    if not isinstance(dev_id, str) or not THING_NAME.fullmatch(dev_id):
         raise fail("id", f"{dev_id!r} is not a valid thing name ([A-Za-z0-9:_-], 1-128)")
     fw = data.get("firmware_version")
     if fw is not None:
@@ -64,7 +64,7 @@ def _device(file: str, row: int, data: Any) -> NewDevice:
     if not isinstance(tags, dict):
         raise fail("tags", "expected an object of key: string")
     for key, value in tags.items():
-        if not TAG_KEY.match(key):
+        if not TAG_KEY.fullmatch(key):
             raise fail(f"tags.{key}", "tag keys are letters, digits, '_', '.', '-'")
         if not isinstance(value, str) or len(value) > 512:
             raise fail(f"tags.{key}", f"expected a string of at most 512 characters, got {value!r}")

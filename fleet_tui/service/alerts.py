@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from fleet_tui.domain import roles
 from fleet_tui.domain.alerts import (
     OPEN,
     RESOLVED,
@@ -60,7 +61,9 @@ def open_alert_summary(registry: Registry) -> dict[str, int]:
 
 
 def resolve_alert(registry: Registry, alert_id: int, actor: Any) -> AlertRow:
-    """An operator resolves an alert by hand (it is raised again if its cause persists)."""
+    """An operator resolves an alert by hand (it is raised again if its cause persists).
+    roles.py has no alert permission yet: it takes an operator (``edit_groups``)."""
+    actor.require(roles.EDIT_GROUPS)
     now = time.time()
     with registry.locked() as conn:
         alert = registry.automation.get_alert(alert_id, conn)

@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from fleet_tui.config import Settings
-from fleet_tui.service.jobs_cli import _actor, _ago, _format, _print_json, _registry
+from fleet_tui.domain import roles
+from fleet_tui.service.jobs_cli import _ago, _format, _print_json, _registry
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -35,11 +36,14 @@ def _friendly(func: Handler) -> Handler:
     return wrapper
 
 
-def _mutating(settings: Settings, what: str) -> Any:
-    from fleet_tui.service.jobs_cli import MUTATING_ROLE
+def _mutating(settings: Settings, permission: str) -> Any:
+    """The acting operator, refused early (exit 2) when the role may not; the service
+    layer checks again (with what the action itself needs)."""
+    from fleet_tui.service.job_control import Actor
 
-    MUTATING_ROLE.setdefault(what, "operator")
-    return _actor(settings, what)
+    settings.require(permission)
+    fields = settings.audit_fields()
+    return Actor(fields["actor"], fields["role"])
 
 
 def _parse_at(text: str | None, tz: str) -> float | None:
@@ -77,7 +81,8 @@ def cmd_schedule_create(args: argparse.Namespace, settings: Settings) -> int:
                 "confirm": args.confirm}
     registry = _registry(settings)
     try:
-        row = create_schedule(registry, args.kind, spec, _mutating(settings, "schedule.create"),
+        row = create_schedule(registry, args.kind, spec, _mutating(
+            settings, roles.START_ROLLOUT if args.kind == "rollout" else roles.CREATE_JOB),
                               at=_parse_at(args.at, args.tz), cron=args.cron, tz=args.tz,
                               schedule_id=args.id)
     finally:
@@ -110,7 +115,7 @@ def cmd_schedule_delete(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = _registry(settings)
     try:
-        delete_schedule(registry, args.id, _mutating(settings, "schedule.delete"))
+        delete_schedule(registry, args.id, _mutating(settings, roles.CREATE_JOB))
     finally:
         registry.close()
     print(f"schedule {args.id} deleted")
@@ -125,7 +130,7 @@ def cmd_window_set(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = _registry(settings)
     try:
-        w = set_window(registry, args.group, args.window, _mutating(settings, "window.set"))
+        w = set_window(registry, args.group, args.window, _mutating(settings, roles.EDIT_GROUPS))
     finally:
         registry.close()
     print(f"group {args.group}: maintenance window {w.text} "
@@ -155,7 +160,7 @@ def cmd_window_delete(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = _registry(settings)
     try:
-        delete_window(registry, args.group, _mutating(settings, "window.delete"))
+        delete_window(registry, args.group, _mutating(settings, roles.EDIT_GROUPS))
     finally:
         registry.close()
     print(f"group {args.group}: maintenance window removed")
@@ -170,7 +175,7 @@ def cmd_policy_load(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = _registry(settings)
     try:
-        names = load_policy_file(registry, args.file, _mutating(settings, "policy.load"))
+        names = load_policy_file(registry, args.file, _mutating(settings, roles.CREATE_JOB))
     finally:
         registry.close()
     print(f"loaded {len(names)} policies: {', '.join(names)}")
@@ -206,7 +211,7 @@ def cmd_policy_set(args: argparse.Namespace, settings: Settings) -> int:
               "dry-run": {"dry_run": True}, "live": {"dry_run": False}}[args.action]
     registry = _registry(settings)
     try:
-        row = set_policy(registry, args.name, _mutating(settings, "policy.update"), **values)
+        row = set_policy(registry, args.name, _mutating(settings, roles.CREATE_JOB), **values)
     finally:
         registry.close()
     print(f"policy {row.name}: {'enabled' if row.enabled else 'disabled'}"
@@ -257,7 +262,7 @@ def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = _registry(settings)
     try:
-        a = resolve_alert(registry, args.id, _mutating(settings, "alert.resolve"))
+        a = resolve_alert(registry, args.id, _mutating(settings, roles.EDIT_GROUPS))
     finally:
         registry.close()
     print(f"alert #{a.id} resolved")

@@ -55,8 +55,7 @@ def cmd_shadow_set(args: argparse.Namespace, settings: Settings) -> int:
     from fleet_tui.cli import CliError
     from fleet_tui.service.client import ShadowClient, parse_assignments
 
-    if settings.role == "viewer":
-        raise CliError("read-only (viewer role): shadow set is not allowed")
+    settings.require("edit_desired")
     try:
         desired = parse_assignments(args.assignments)
     except ValueError as err:
@@ -90,7 +89,58 @@ def cmd_devices_health(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_broker_acl(args: argparse.Namespace, settings: Settings) -> int:
+    from fleet_tui.cli import CliError
+    from fleet_tui.service.broker_acl import AclError, dynsec_commands, mosquitto_acl
+    from fleet_tui.service.topics import Topics
+
+    topics = Topics(settings.shadow_prefix, settings.fleet_prefix)
+    devices = None
+    if args.devices_from_registry:
+        from fleet_tui.registry.registry import Registry
+
+        devices = Registry.open(settings.db).device_ids()
+    try:
+        if args.format == "dynsec":
+            text = json.dumps(dynsec_commands(topics, service_user=args.service_user,
+                                              app_users=args.app_user or (), devices=devices),
+                              indent=2) + "\n"
+        else:
+            text = mosquitto_acl(topics, service_user=args.service_user,
+                                 app_users=args.app_user or (), devices=devices)
+    except AclError as err:
+        raise CliError(str(err)) from None
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote {args.format} ACL to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def register(sub: Any) -> None:
+    from fleet_tui.service.broker_acl import SERVICE_USER
+
+    broker = sub.add_parser("broker", help="broker security: generate the ACL").add_subparsers(
+        metavar="ACTION", required=True)
+    p = broker.add_parser(
+        "acl", help="per-device ACL: devices reach only their own topics",
+        description="Generate the broker ACL from the topic prefixes in the settings. Devices "
+                    "must connect with user name == client id == thing name.")
+    p.add_argument("--format", choices=("mosquitto", "dynsec"), default="mosquitto",
+                   help="mosquitto acl_file, or dynamic-security control commands (JSON)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--pattern", action="store_true",
+                       help="one %%u pattern block for every device (default; any fleet size)")
+    scope.add_argument("--devices-from-registry", action="store_true",
+                       help="an explicit block (or dynsec client) per registry device")
+    p.add_argument("--service-user", default=SERVICE_USER, help=f"(default {SERVICE_USER})")
+    p.add_argument("--app-user", action="append", metavar="USER",
+                   help="console/CLI account: shadow requests and read-only streams")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(handler=cmd_broker_acl)
+
     p = sub.add_parser("serve", help="run the fleet service (shadows, presence, telemetry)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=cmd_serve)

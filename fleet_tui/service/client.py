@@ -32,10 +32,14 @@ class ShadowClient:
         self.timeout = timeout
 
     def _client(self) -> aiomqtt.Client:
+        ctx = self.settings.ssl_context()
+        username, password = self.settings.mqtt_credentials()
         return aiomqtt.Client(
             self.settings.broker_host, self.settings.broker_port,
             identifier=f"fleet-tui-cli-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], timeout=self.timeout,
+            tls_context=ctx, tls_insecure=None if ctx is None else not ctx.check_hostname,
+            username=username, password=password,
         )
 
     async def request(
@@ -52,8 +56,8 @@ class ShadowClient:
         rejected = self.topics.shadow(thing, name, op, "rejected")
         try:
             async with self._client() as client:
-                await client.subscribe(accepted, qos=1)
-                await client.subscribe(rejected, qos=1)
+                for topic in (accepted, rejected):
+                    _check_granted(topic, await client.subscribe(topic, qos=1))
                 await client.publish(self.topics.shadow(thing, name, op), orjson.dumps(body),
                                      qos=1)
                 async with asyncio.timeout(self.timeout):
@@ -104,6 +108,16 @@ class ShadowClient:
                 parsed = self.topics.parse_fleet(message.topic.value)
                 kind = parsed.kind if parsed else "documents"
                 yield kind, {"topic": message.topic.value, **data}
+
+
+def _check_granted(topic: str, granted: Any) -> None:
+    """A refused subscription (SUBACK >= 0x80, e.g. the broker's ACL) is an error now,
+    not a timeout later."""
+    for code in granted or ():
+        value = getattr(code, "value", code)
+        if isinstance(value, int) and value >= 0x80:
+            raise ServiceError(f"broker refused the subscription to {topic} "
+                               f"(not authorized for this user?)", 403)
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:

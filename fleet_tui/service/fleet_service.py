@@ -70,11 +70,14 @@ class FleetService:
             settings.broker_host, settings.broker_port, self.client_id,
             subscriptions, self.dispatch,
             session_expiry_s=settings.session_expiry_s if stable else 0,
+            tls_context=settings.ssl_context(), username=settings.mqtt_credentials()[0],
+            password=settings.mqtt_credentials()[1],
         )
         self.ready = asyncio.Event()
         self.ingest_interval = 1.0
         self.bucket_interval = 10.0
         self.sweep_interval = 5.0
+        self.ignored_topics = 0
 
     def _interval_for(self, thing: str) -> float:
         doc = self.shadows.document(thing)
@@ -97,7 +100,9 @@ class FleetService:
             return
         fleet = self.topics.parse_fleet(topic)
         if fleet is None or not valid_thing(fleet.thing):
-            log.debug("ignored message on %s", topic)
+            # No reply topic for presence/telemetry: count it, never store it.
+            self.ignored_topics += 1
+            log.debug("ignored message on %r", topic)
             return
         now = self.clock()
         if fleet.kind == "presence":
@@ -171,4 +176,5 @@ class FleetService:
     def stats(self) -> dict[str, Any]:
         return {**self.shadows.stats, "shadows": len(self.shadows.shadows),
                 "engine": {**self.jobs.stats, "leader": self.jobs.is_leader},
-                "bad_presence": self.presence.rejected, "bad_telemetry": self.telemetry.rejected}
+                "bad_presence": self.presence.rejected, "bad_telemetry": self.telemetry.rejected,
+                "ignored_topics": self.ignored_topics}

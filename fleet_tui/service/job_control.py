@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet_tui.domain import roles
 from fleet_tui.domain.jobs import (
     CANCELED,
     IN_PROGRESS,
@@ -60,8 +61,15 @@ class Actor:
     name: str
     role: str = "operator"
 
+    def require(self, action: str) -> None:
+        """RoleError (403) unless this actor's role allows ``action``. The engine's own
+        decisions (role ``system``) are the rules themselves and need no role."""
+        if self.role != SYSTEM_ROLE:
+            roles.require(self.role, action)
 
-ENGINE = Actor("engine", "system")
+
+SYSTEM_ROLE = "system"
+ENGINE = Actor("engine", SYSTEM_ROLE)
 
 
 @dataclass(slots=True)
@@ -145,6 +153,7 @@ def new_job_id(job_type: str) -> str:
 def create_job(registry: Registry, plan: JobPlan, actor: Actor, *,
                rollout_id: str | None = None, conn: Any = None) -> JobPlan:
     """Record the planned job and its executions (skips included, with their reasons)."""
+    actor.require(roles.CREATE_JOB)
     if not plan.queued:
         raise JobError(f"no device can take this job ({len(plan.skipped)} skipped: "
                        + "; ".join(sorted({r for _, r in plan.skipped}))[:300] + ")")
@@ -190,6 +199,7 @@ class CancelResult:
 def cancel_job(registry: Registry, job_id: str, actor: Actor, *, force: bool = False,
                reason: str = "", conn: Any = None) -> CancelResult:
     """Cancel queued executions; with ``force`` the in-progress ones too."""
+    actor.require(roles.CANCEL_JOB)
     if conn is None:
         with registry.locked() as own:
             return cancel_job(registry, job_id, actor, force=force, reason=reason, conn=own)

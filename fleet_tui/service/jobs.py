@@ -201,7 +201,10 @@ class JobsEngine:
     async def tick_and_publish(self, publish: Publisher, now: float) -> TickResult:
         dirty, self.dirty = self.dirty, set()
         result = await asyncio.to_thread(self.tick, now, dirty)
-        self.apply_desired(result.desired)
+        items = list(result.desired.items())
+        for i in range(0, len(items), 1000):  # keep reading MQTT during a large release
+            self.apply_desired(dict(items[i:i + 1000]))
+            await asyncio.sleep(0)
         await publish(result.out)
         for participant in self.participants:
             await asyncio.to_thread(participant.after_tick, now)
@@ -291,9 +294,8 @@ class JobsEngine:
         """Active jobs, and finished ones that still have executions in progress (a
         cancel without force lets those run to their end)."""
         jobs = {j.id: j for j in self.registry.jobs.active(conn)}
-        for job_id in self.registry.jobs.jobs_with_status(conn, [IN_PROGRESS]):
-            if job_id not in jobs:
-                jobs[job_id] = self.registry.jobs.get(job_id, conn)
+        for job_id in self.registry.jobs.finished_jobs_with(conn, [IN_PROGRESS]):
+            jobs[job_id] = self.registry.jobs.get(job_id, conn)
         return sorted(jobs.values(), key=lambda j: j.created_at)
 
     def tick(self, now: float, dirty: set[str] | None = None) -> TickResult:
@@ -309,7 +311,7 @@ class JobsEngine:
             jobs = self._tended_jobs(conn)
             by_id = {j.id: j for j in jobs}
             # Firmware executions: what the shadows say since the last tick.
-            finished: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+            finished: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
             details: dict[str, dict[str, dict[str, Any]]] = {}
             for thing in dirty:
                 w = self.watch.get(thing)
@@ -318,14 +320,13 @@ class JobsEngine:
                 before = w.phase
                 verdict = self._evaluate(thing, w, now)
                 if verdict is not None:
-                    finished.setdefault((w.job_id, verdict[0]), []).append((thing, verdict[1]))
+                    finished.setdefault(w.job_id, []).append((thing, *verdict))
                 elif w.phase != before:
                     details.setdefault(w.job_id, {})[thing] = {"phase": w.phase}
-            for (job_id, status), items in finished.items():
-                for thing, info in items:
-                    if self.registry.jobs.transition(conn, job_id, [thing], [IN_PROGRESS],
-                                                     status, now, details=info):
-                        result.changed_jobs.add(job_id)
+            for job_id, items in finished.items():
+                self.registry.jobs.finish_many(conn, job_id, items, IN_PROGRESS, now)
+                result.changed_jobs.add(job_id)
+                for thing, _, _ in items:
                     self.watch.pop(thing, None)
             for job_id, notes in details.items():
                 self.registry.jobs.set_details(conn, job_id, notes, now)
@@ -374,7 +375,8 @@ class JobsEngine:
             if retry:
                 store.requeue(conn, job.id, retry, now)
                 result.changed_jobs.add(job.id)
-        counts = store.counts([job.id], conn)[job.id]
+        stats = store.stats(conn, job.id, now - 60)
+        counts = stats.counts
         reason = abort_reason(settings, counts)
         if reason is not None:
             queued = store.device_ids(conn, job.id, [QUEUED])
@@ -386,9 +388,8 @@ class JobsEngine:
             result.changed_jobs.add(job.id)
             return
         if job.status == JOB_IN_PROGRESS:
-            budget = settings.release_budget(
-                store.in_flight(conn, job.id), store.started_since(conn, job.id, now - 60),
-                store.notified_total(conn, job.id), counts.get(SUCCEEDED, 0))
+            budget = settings.release_budget(stats.in_flight, stats.started_recently,
+                                             stats.notified, counts.get(SUCCEEDED, 0))
             # A device outside its group's maintenance window is not released: it waits.
             allow = self.release_gate(conn, job, now) if self.release_gate else None
             released = store.release(conn, job.id, budget, now, start=shadow, allow=allow)

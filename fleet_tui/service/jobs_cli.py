@@ -13,12 +13,6 @@ from typing import Any
 
 from fleet_tui.config import Settings
 
-MUTATING_ROLE = {"jobs.create": "operator", "jobs.cancel": "operator",
-                 "rollout.start": "operator", "rollout.approve": "approver",
-                 "rollout.halt": "operator", "rollout.resume": "operator",
-                 "rollout.cancel": "operator", "rollout.rollback": "operator"}
-ROLE_RANK = {"viewer": 0, "operator": 1, "approver": 2}
-
 
 def _registry(settings: Settings) -> Any:
     from fleet_tui.registry.registry import Registry
@@ -26,15 +20,20 @@ def _registry(settings: Settings) -> Any:
     return Registry.open(settings.db)
 
 
+ACTIONS = {"jobs.create": "create_job", "jobs.cancel": "cancel_job",
+           "rollout.start": "start_rollout", "rollout.approve": "approve_rollout",
+           "rollout.halt": "halt_rollout", "rollout.resume": "resume_rollout",
+           "rollout.cancel": "cancel_rollout", "rollout.rollback": "rollback_rollout"}
+
+
 def _actor(settings: Settings, action: str) -> Any:
-    from fleet_tui.cli import CliError
+    """The acting operator, refused early (exit 2) when the role may not ``action``; the
+    service layer checks again, for every caller."""
     from fleet_tui.service.job_control import Actor
 
-    needed = MUTATING_ROLE[action]
-    if ROLE_RANK.get(settings.role, 0) < ROLE_RANK[needed]:
-        raise CliError(f"{action}: your role {settings.role!r} may not do this "
-                       f"(needs {needed})")
-    return Actor(settings.operator, settings.role)
+    settings.require(ACTIONS[action])
+    fields = settings.audit_fields()
+    return Actor(fields["actor"], fields["role"])
 
 
 def _print_json(data: Any) -> None:

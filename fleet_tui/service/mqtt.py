@@ -8,6 +8,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +42,9 @@ class MqttSession:
         on_connect: Callable[[], None] | None = None,
         max_backoff: float = 10.0,
         session_expiry_s: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
@@ -54,6 +58,8 @@ class MqttSession:
         # > 0: a persistent session, so the broker queues the QoS 1 requests that arrive
         # while the service is down (a restart, a kill -9) instead of dropping them.
         self.session_expiry_s = session_expiry_s
+        self.tls_context = tls_context
+        self.username, self.password = username, password
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0
@@ -80,6 +86,12 @@ class MqttSession:
             max_queued_outgoing_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=10,
+            tls_context=self.tls_context,
+            # paho checks the host name itself unless told not to; follow the context.
+            tls_insecure=(None if self.tls_context is None
+                          else not self.tls_context.check_hostname),
+            username=self.username,
+            password=self.password,
             **session,
         )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet_tui.domain import roles
 from fleet_tui.domain.alerts import AlertSignal
 from fleet_tui.domain.health import mad_outliers
 from fleet_tui.domain.jobs import FAILED, IN_PROGRESS, JobError, JobSettings
@@ -38,6 +39,19 @@ TELEMETRY_FACTS = ("uptime_s", "heap_free", "rssi", "cpu_pct", "temp_c", "errors
 
 # ------------------------------------------------------------ service-layer functions
 
+# What a policy may do, its author must be allowed to do (roles.py has no policy
+# permission of its own yet): it then acts as role "system".
+ACTION_PERMISSIONS = {"job": (roles.CREATE_JOB,), "halt_rollouts": (roles.HALT_ROLLOUT,),
+                      "rollback": (roles.ROLLBACK_ROLLOUT,), "alert": (roles.CREATE_JOB,)}
+
+
+def _require_for(actor: Actor, rules: list[PolicyRule]) -> None:
+    actor.require(roles.CREATE_JOB)
+    for rule in rules:
+        for permission in ACTION_PERMISSIONS[rule.then]:
+            actor.require(permission)
+
+
 def load_policy_file(registry: Registry, path: str | Path, actor: Actor) -> list[str]:
     """Load (or reload) the policies of a TOML file. A bad file changes nothing and says
     where it is wrong; an operator's enable/dry-run toggles survive a reload."""
@@ -49,6 +63,7 @@ def load_policy_file(registry: Registry, path: str | Path, actor: Actor) -> list
     except OSError as err:
         raise PolicyError(f"{path}: {err.strerror}") from None
     rules = parse_policy_file(data, str(path))
+    _require_for(actor, [r for r, _, _ in rules])
     now = time.time()
     with registry.locked() as conn:
         for rule, enabled, dry_run in rules:
@@ -65,6 +80,7 @@ def create_policy(registry: Registry, definition: Mapping[str, Any], actor: Acto
     """A policy made in the console or through the API (replaces one of the same name)."""
     rule = PolicyRule.from_dict({k: v for k, v in definition.items()
                                  if k not in ("enabled", "dry_run")})
+    _require_for(actor, [rule])
     now = time.time()
     with registry.locked() as conn:
         registry.automation.upsert_policy(conn, rule.name, rule.to_dict(), source="console",
@@ -83,6 +99,7 @@ def list_policies(registry: Registry) -> list[PolicyRow]:
 def set_policy(registry: Registry, name: str, actor: Actor, *, enabled: bool | None = None,
                dry_run: bool | None = None) -> PolicyRow:
     """Toggle a policy on or off, or in and out of dry-run."""
+    _require_for(actor, [PolicyRule.from_dict(registry.automation.get_policy(name).definition)])
     values: dict[str, Any] = {}
     if enabled is not None:
         values["enabled"] = enabled
@@ -105,6 +122,7 @@ def toggle_policy(registry: Registry, name: str, actor: Actor) -> PolicyRow:
 
 
 def delete_policy(registry: Registry, name: str, actor: Actor) -> None:
+    actor.require(roles.CREATE_JOB)
     with registry.locked() as conn:
         registry.automation.delete_policy(conn, name)
         registry.audit.append(conn, actor.name, actor.role, "policy.delete", name)

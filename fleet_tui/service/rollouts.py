@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet_tui.domain import roles
 from fleet_tui.domain.health import mad_outliers
 from fleet_tui.domain.jobs import (
     IN_PROGRESS,
@@ -63,6 +64,9 @@ from fleet_tui.service.job_control import (
 from fleet_tui.service.jobs import same_version
 
 SITE_TAG = "site"
+ACTION_PERMISSION = {"approve": roles.APPROVE_ROLLOUT, "halt": roles.HALT_ROLLOUT,
+                     "resume": roles.RESUME_ROLLOUT, "cancel": roles.CANCEL_ROLLOUT,
+                     "rollback": roles.ROLLBACK_ROLLOUT}
 COHORT_SAMPLE = 2000
 GATE_METRICS = ("heap_free", "cpu_pct", "temp_c")
 
@@ -135,6 +139,7 @@ def start_rollout(registry: Registry, plan: RolloutPlan, actor: Actor, *, confir
                   conn: Any = None) -> RolloutRow:
     """Record the rollout and start its first wave. ``confirm`` must be the release
     version, typed by the operator: a fleet-wide action is never one stray key away."""
+    actor.require(roles.START_ROLLOUT)
     if confirm != plan.release:
         raise RolloutError(f"to start, type the release version {plan.release} "
                            f"(got {confirm!r})")
@@ -188,7 +193,10 @@ def _start_wave(registry: Registry, conn: Any, rollout: RolloutRow, index: int,
 
 def act(registry: Registry, rollout_id: str, action: str, actor: Actor, *,
         reason: str = "", conn: Any = None) -> RolloutRow:
-    """An operator's action on a rollout; validated by the state machine, audited."""
+    """An operator's action on a rollout; validated by the role and the state machine,
+    audited."""
+    if action in ACTION_PERMISSION:
+        actor.require(ACTION_PERMISSION[action])
     now = time.time()
     with _locked(registry, conn) as conn:
         rollout = registry.rollouts.get(rollout_id, conn)

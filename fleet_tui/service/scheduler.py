@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fleet_tui.domain import roles
 from fleet_tui.domain.jobs import JobError, JobSettings, job_document
 from fleet_tui.domain.rollout import Gates, RolloutError, WaveSpec
 from fleet_tui.domain.schedule import MaintenanceWindow, ScheduleError, check_cron, next_run, zone
@@ -93,6 +94,8 @@ def create_schedule(registry: Registry, kind: str, spec: Mapping[str, Any], acto
                     at: float | None = None, cron: str | None = None, tz: str = "UTC",
                     schedule_id: str | None = None, now: float | None = None) -> ScheduleRow:
     """A one-shot (``at``) or recurring (``cron``, optionally from ``at`` on) schedule."""
+    # Who schedules it answers for it: the scheduler later acts as role "system".
+    actor.require(roles.START_ROLLOUT if kind == "rollout" else roles.CREATE_JOB)
     now = time.time() if now is None else now
     if at is None and cron is None:
         raise ScheduleError("give a start time (at) or a cron expression (cron), or both")
@@ -113,11 +116,13 @@ def create_schedule(registry: Registry, kind: str, spec: Mapping[str, Any], acto
     return registry.automation.get_schedule(sid)
 
 def delete_schedule(registry: Registry, schedule_id: str, actor: Actor) -> None:
+    actor.require(roles.CREATE_JOB)
     with registry.locked() as conn:
         registry.automation.delete_schedule(conn, schedule_id)
         registry.audit.append(conn, actor.name, actor.role, "schedule.delete", schedule_id)
 
 def set_window(registry: Registry, group: str, spec: str, actor: Actor) -> MaintenanceWindow:
+    actor.require(roles.EDIT_GROUPS)
     window = MaintenanceWindow.parse(spec)
     registry.get_group(group)
     with registry.locked() as conn:
@@ -127,6 +132,7 @@ def set_window(registry: Registry, group: str, spec: str, actor: Actor) -> Maint
     return window
 
 def delete_window(registry: Registry, group: str, actor: Actor) -> None:
+    actor.require(roles.EDIT_GROUPS)
     with registry.locked() as conn:
         registry.automation.delete_window(conn, group)
         registry.audit.append(conn, actor.name, actor.role, "window.delete", group)

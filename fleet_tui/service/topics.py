@@ -119,8 +119,8 @@ class Topics:
 
 
 def valid_thing(name: str) -> bool:
-    return bool(THING_NAME.match(name))
+    return bool(THING_NAME.fullmatch(name))  # fullmatch: "$" would accept "a\n"
 
 
 def valid_shadow_name(name: str) -> bool:
-    return name == "" or bool(SHADOW_NAME.match(name))
+    return name == "" or bool(SHADOW_NAME.fullmatch(name))

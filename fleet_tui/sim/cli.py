@@ -14,14 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import signal
+import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet_tui.config import ConfigError, Settings, parse_broker
+from fleet_tui.config import ConfigError, Settings, parse_broker, tls_context
 from fleet_tui.sim.device import DeviceConfig
 from fleet_tui.sim.fleet import Fleet, device_config, read_fleet_file
 from fleet_tui.sim.profiles import PROFILES, ProfileError, parse_profiles
@@ -58,6 +61,9 @@ def register(sub: Any) -> None:
                    help="initial connections per second (1000; 0: unpaced)")
     p.add_argument("--shadow-prefix", help="shadow/jobs topic prefix (default: settings)")
     p.add_argument("--fleet-prefix", help="presence/telemetry prefix (default: settings)")
+    p.add_argument("--tls-cert-dir", type=Path, metavar="DIR",
+                   help="TLS with a client certificate per device: DIR/ID.crt and DIR/ID.key "
+                        "(CA and host check from the [tls] settings)")
     p.add_argument("--log-level", default="warning",
                    choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=cmd_sim)
@@ -97,6 +103,28 @@ def build_configs(args: argparse.Namespace, settings: Settings) -> list[DeviceCo
     return configs
 
 
+def device_tls(settings: Settings,
+               cert_dir: Path | None) -> Callable[[str], ssl.SSLContext | None]:
+    """thing -> TLS context: the shared settings' one, or with the device's own client
+    certificate from ``cert_dir`` (built on first connect, then reused)."""
+    if cert_dir is None:
+        shared = settings.ssl_context()
+        return lambda _thing: shared
+    if not cert_dir.is_dir():
+        raise ConfigError(f"--tls-cert-dir {cert_dir}: no such directory")
+    cache: dict[str, ssl.SSLContext] = {}
+
+    def for_thing(thing: str) -> ssl.SSLContext:
+        ctx = cache.get(thing)
+        if ctx is None:
+            ctx = cache[thing] = tls_context(dataclasses.replace(
+                settings.tls, cert_file=str(cert_dir / f"{thing}.crt"),
+                key_file=str(cert_dir / f"{thing}.key")))
+        return ctx
+
+    return for_thing
+
+
 def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -106,8 +134,14 @@ def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
     except ProfileError as err:
         raise ConfigError(str(err)) from None
     configs = build_configs(args, settings)
+    if args.tls_cert_dir is not None:
+        for cfg in configs:  # fail now, not device by device at connect time
+            for ext in ("crt", "key"):
+                if not (args.tls_cert_dir / f"{cfg.thing}.{ext}").is_file():
+                    raise ConfigError(f"--tls-cert-dir: {cfg.thing}.{ext} is missing in "
+                                      f"{args.tls_cert_dir}")
     fleet = Fleet(configs, host, port, profiles=profiles, seed=args.seed,
-                  connect_rate=args.connect_rate)
+                  connect_rate=args.connect_rate, tls=device_tls(settings, args.tls_cert_dir))
     return asyncio.run(_run(fleet))
 
 

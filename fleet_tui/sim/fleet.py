@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ class SimDevice:
                 client = await MqttClient.connect(
                     self.fleet.host, self.fleet.port, self.thing, keepalive=self.fleet.keepalive,
                     will=Will(topic, payload, 1, True), on_message=self._on_message,
-                    on_lost=self._on_lost)
+                    on_lost=self._on_lost, tls=self.fleet.tls_for(self.thing))
             except (MqttError, OSError) as err:
                 self.fleet.stats["connect_failures"] += 1
                 log.debug("%s: connect failed: %s; retrying in %.1f s", self.thing, err, delay)
@@ -263,8 +264,11 @@ class Fleet:
 
     def __init__(self, configs: Iterable[DeviceConfig], host: str, port: int, *,
                  profiles: list[ProfileSpec] | None = None, seed: int | str = 7,
-                 keepalive: int = KEEPALIVE_S, connect_rate: float = 1000.0) -> None:
+                 keepalive: int = KEEPALIVE_S, connect_rate: float = 1000.0,
+                 tls: Callable[[str], ssl.SSLContext | None] | None = None) -> None:
         self.host, self.port = host, port
+        # thing -> its TLS context (a per-device client certificate), or None for plain TCP
+        self.tls_for: Callable[[str], ssl.SSLContext | None] = tls or (lambda _thing: None)
         self.seed = seed
         self.keepalive = keepalive
         self.connect_rate = connect_rate

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -81,12 +82,19 @@ def _packet(first: int, body: bytes) -> bytes:
 
 
 def connect_packet(client_id: str, keepalive: int, will: Will | None = None,
-                   clean: bool = True) -> bytes:
+                   clean: bool = True, username: str | None = None,
+                   password: str | None = None) -> bytes:
     flags = 0x02 if clean else 0
     payload = _str(client_id)
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
         payload += _str(will.topic) + _str(will.payload)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+        if password is not None:  # MQTT 3.1.1: a password only with a user name
+            flags |= 0x40
+            payload += _str(password)
     body = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + payload
     return _packet(CONNECT << 4, body)
 
@@ -144,21 +152,29 @@ class MqttClient(asyncio.Protocol):
     async def connect(cls, host: str, port: int, client_id: str, *, keepalive: int = 30,
                       will: Will | None = None, on_message: MessageCallback,
                       on_lost: LostCallback | None = None,
-                      timeout: float = 10.0) -> MqttClient:
+                      timeout: float = 10.0, tls: ssl.SSLContext | None = None,
+                      username: str | None = None,
+                      password: str | None = None) -> MqttClient:
+        """Connect (over TLS when ``tls`` is given: the context decides verification)."""
         loop = asyncio.get_running_loop()
         client = cls(client_id, keepalive, on_message, on_lost)
         client._connack = loop.create_future()
         client._closed = loop.create_future()
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: client, host, port)
+                await loop.create_connection(
+                    lambda: client, host, port, ssl=tls,
+                    server_hostname=host if tls is not None else None)
                 assert client.transport is not None
-                client._write(connect_packet(client_id, keepalive, will))
+                client._write(connect_packet(client_id, keepalive, will,
+                                             username=username, password=password))
                 await client._connack
         except BaseException as err:
             client._silent_abort()
             if isinstance(err, TimeoutError):
                 raise MqttError(f"connect to {host}:{port} timed out") from None
+            if isinstance(err, ssl.SSLError):
+                raise MqttError(f"TLS to {host}:{port}: {err.reason or err}") from None
             if isinstance(err, OSError):
                 raise MqttError(f"connect to {host}:{port}: {err.strerror or err}") from None
             raise

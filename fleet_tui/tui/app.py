@@ -65,7 +65,7 @@ class FleetApp(App[None]):
         self.registry = registry
         self.service = service
         self.clock = clock
-        self.read_only = settings.read_only
+        self.read_only = settings.read_only or not settings.allows("edit_desired")
         self.bridge: ServiceBridge | None = None
         self.summary: FleetSummary | None = None
         self.selected_group: str | None = None

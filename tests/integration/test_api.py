@@ -173,7 +173,8 @@ def test_rollouts_plan_start_actions(api: ApiServer) -> None:
         assert halted["status"] == "HALTED" and halted["reason"] == "look first"
         _problem(op.post(f"/api/rollouts/{rid}/halt"), 409)
         assert op.post(f"/api/rollouts/{rid}/resume").json()["status"] == "RUNNING"
-        rolled = op.post(f"/api/rollouts/{rid}/rollback").json()
+        _problem(op.post(f"/api/rollouts/{rid}/rollback"), 403)  # rolling back: approvers
+        rolled = ap.post(f"/api/rollouts/{rid}/rollback").json()
         assert rolled["status"] in ("ROLLED_BACK", "ROLLING_BACK")
         assert rid in [r["id"] for r in op.get("/api/rollouts").json()]
         _problem(ap2.post("/api/rollouts/nope/cancel"), 404)

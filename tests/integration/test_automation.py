@@ -37,6 +37,7 @@ from tests.integration.engine_rig import engine_rig, firmware_server, fleet_rows
 from tests.integration.mosquitto import Mosquitto
 
 OPS = Actor("olga", "operator")
+APPROVER = Actor("anna", "approver")  # the sample policies roll back: approvers load them
 BERLIN = ZoneInfo("Europe/Berlin")
 SAMPLE_POLICIES = Path(__file__).resolve().parents[2] / "sample_data" / "policies.toml"
 
@@ -230,7 +231,7 @@ def test_unhealthy_for_ten_minutes_gets_a_diagnostic_within_the_rate_limit(
 
 def test_dry_run_audits_what_it_would_do_and_does_nothing(fleet: FleetService) -> None:
     reg = fleet.registry
-    names = load_policy_file(reg, SAMPLE_POLICIES, OPS)
+    names = load_policy_file(reg, SAMPLE_POLICIES, APPROVER)
     assert "diagnose-unhealthy" in names
     set_policy(reg, "diagnose-unhealthy", OPS, dry_run=True)
     t0 = 1_900_000_000.0
@@ -242,13 +243,13 @@ def test_dry_run_audits_what_it_would_do_and_does_nothing(fleet: FleetService) -
     dry = reg.audit.entries(action="policy.dry_run")
     assert dry[0].details["subjects"] == ["dev-004"] and dry[0].details["would"] == "job"
     # Reloading the file keeps the operator's toggle.
-    load_policy_file(reg, SAMPLE_POLICIES, OPS)
+    load_policy_file(reg, SAMPLE_POLICIES, APPROVER)
     assert reg.automation.get_policy("diagnose-unhealthy").dry_run is True
 
 
 def test_offline_share_halts_every_rollout_touching_the_group(fleet: FleetService) -> None:
     reg = fleet.registry
-    load_policy_file(reg, SAMPLE_POLICIES, OPS)
+    load_policy_file(reg, SAMPLE_POLICIES, APPROVER)
     reg.create_group("site-1", kind="dynamic", query='tag.site = "site-1"')
     plan = plan_rollout(reg, "2.3.0", "plant", job_settings=JobSettings(soak_s=0))
     rollout = start_rollout(reg, plan, OPS, confirm="2.3.0")
@@ -279,7 +280,7 @@ def test_offline_share_halts_every_rollout_touching_the_group(fleet: FleetServic
 
 def test_reboot_loop_after_an_update_rolls_the_device_back(fleet: FleetService) -> None:
     reg = fleet.registry
-    load_policy_file(reg, SAMPLE_POLICIES, OPS)
+    load_policy_file(reg, SAMPLE_POLICIES, APPROVER)
     t0 = 1_900_000_000.0
     update = plan_job(reg, "firmware_update", {"release": "2.3.0"},
                       Target(device_ids=("dev-001", "dev-002")), JobSettings(soak_s=300),
@@ -311,7 +312,7 @@ def test_policies_disabled_do_nothing_and_bad_files_change_nothing(
     from fleet_tui.domain.policy import PolicyError
 
     reg = fleet.registry
-    load_policy_file(reg, SAMPLE_POLICIES, OPS)
+    load_policy_file(reg, SAMPLE_POLICIES, APPROVER)
     bad = tmp_path / "bad.toml"
     bad.write_text('[[policy]]\nname = "x"\nwhen = "health = "\nthen = "alert"\n')
     with pytest.raises(PolicyError, match=r"#1.*when: col"):
@@ -452,3 +453,23 @@ async def test_live_window_holds_a_rollout_then_a_policy_halts_it(
             assert fire.details["evidence"]["plant"]["offline"] >= 4
             await rig.until(lambda: {a.kind for a in list_alerts(reg, status="open")}
                             >= {"rollout_halted", "offline_spike"}, 20, "the alerts")
+
+
+def test_the_service_layer_checks_roles_for_automation(fleet: FleetService) -> None:
+    from fleet_tui.domain.roles import RoleError
+
+    reg = fleet.registry
+    viewer = Actor("vera", "viewer")
+    with pytest.raises(RoleError, match="viewer"):
+        create_schedule(reg, "job", {"type": "diagnostic", "target": {"group": "plant"}},
+                        viewer, at=1)
+    with pytest.raises(RoleError, match="start rollout"):
+        create_schedule(reg, "rollout", {"release": "2.3.0", "group": "plant",
+                                         "confirm": "2.3.0"}, viewer, at=1)
+    with pytest.raises(RoleError):
+        set_window(reg, "plant", "daily 01:00-02:00", viewer)
+    with pytest.raises(RoleError, match="rollback"):
+        create_policy(reg, {"name": "rb", "when": "reboot_loop = true",
+                            "then": "rollback"}, OPS)  # rolling back is the approver's
+    assert reg.automation.list_schedules() == [] and reg.automation.list_policies() == []
+    assert reg.automation.windows() == {}

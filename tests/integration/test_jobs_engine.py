@@ -187,3 +187,61 @@ async def test_kill_9_mid_job_then_restart_loses_nothing_and_starts_nothing_twic
             except subprocess.TimeoutExpired:
                 proc.kill()
         assert "Traceback" not in log.read_text()
+
+
+async def test_jobs_api_answers_like_aws_iot_jobs_including_errors(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    from fleet_tui.service.topics import Topics
+    from tests.integration.service_harness import peer
+
+    t = Topics()
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
+                          base_url) as rig:
+        await rig.start_service()
+        thing = "dev-004"
+        subs = [t.jobs(thing, "#")]
+        async with peer(mosquitto.url, subs) as dev:
+            async def ask(topic: str, body: object, suffix: str) -> dict:  # type: ignore[type-arg]
+                dev.inbox.clear()
+                await dev.publish(topic, body)
+                _, payload = await dev.wait_for(lambda tp, p: tp.endswith(suffix), 10)
+                return payload  # type: ignore[no-any-return]
+
+            empty = await ask(t.jobs(thing, "start-next"), {"clientToken": "c1"},
+                              "start-next/accepted")
+            assert "execution" not in empty and empty["clientToken"] == "c1"
+            bad = await ask(t.jobs(thing, "start-next"), b"{not json", "start-next/rejected")
+            assert bad["code"] == "InvalidJson"
+            job = _job(rig, "diagnostic", {}, [thing])
+            _, note = await dev.wait_for(lambda tp, p: tp.endswith("notify-next"), 10)
+            assert note["execution"]["jobId"] == job
+            listed = await ask(t.jobs(thing, "get"), {}, "jobs/get/accepted")
+            assert [j["jobId"] for j in listed["queuedJobs"]] == [job]
+            started = await ask(t.jobs(thing, "start-next"), {"clientToken": "c2"},
+                                "start-next/accepted")
+            execution = started["execution"]
+            assert execution["status"] == "IN_PROGRESS"
+            assert execution["jobDocument"] == {"operation": "diagnostic"}
+            again = await ask(t.jobs(thing, "start-next"), {}, "start-next/accepted")
+            assert again["execution"]["jobId"] == job  # the same one, not started twice
+            stale = await ask(t.jobs(thing, job, "update"),
+                              {"status": "SUCCEEDED", "expectedVersion": 1},
+                              f"{job}/update/rejected")
+            assert stale["code"] == "VersionMismatch"
+            done = await ask(t.jobs(thing, job, "update"),
+                             {"status": "SUCCEEDED", "statusDetails": {"ok": "1"},
+                              "expectedVersion": execution["versionNumber"]},
+                             f"{job}/update/accepted")
+            assert done["executionState"]["status"] == "SUCCEEDED"
+            late = await ask(t.jobs(thing, job, "update"), {"status": "FAILED"},
+                             f"{job}/update/rejected")
+            assert late["code"] == "TerminalStateReached"
+            unknown = await ask(t.jobs(thing, "nope", "update"), {"status": "SUCCEEDED"},
+                                "nope/update/rejected")
+            assert unknown["code"] == "ResourceNotFound"
+            queued = await ask(t.jobs(thing, job, "update"), {"status": "QUEUED"},
+                               f"{job}/update/rejected")
+            assert queued["code"] == "TerminalStateReached"
+            got = await ask(t.jobs(thing, job, "get"), {}, f"{job}/get/accepted")
+            assert got["execution"]["statusDetails"] == {"ok": "1"}
+        assert _counts(rig, job) == {"SUCCEEDED": 1}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet_tui.domain.jobs import JobSettings
+from fleet_tui.domain.roles import RoleError
 from fleet_tui.domain.rollout import (
     COMPLETED,
     HALTED,
@@ -132,11 +133,15 @@ async def test_halt_and_resume_by_operator_stop_and_restart_new_devices(
                             job_settings=JobSettings(concurrency=2, timeout_s=120,
                                                      soak_s=0.2))
         rollout = start_rollout(rig.registry, plan, ALICE, confirm="2.4.1")
-        act(rig.registry, rollout.id, "halt", ALICE, reason="change freeze")
+        with pytest.raises(RoleError, match="viewer"):
+            act(rig.registry, rollout.id, "halt", Actor("vera", "viewer"))
+        act(rig.registry, rollout.id, "halt", Actor("olga", "operator"), reason="freeze")
         job_id = rig.registry.rollouts.get(rollout.id).waves[0].job_id
         assert rig.registry.jobs.get(job_id).status == "PAUSED"
         with pytest.raises(RolloutError, match="cannot approve"):
             act(rig.registry, rollout.id, "approve", ALICE)
+        with pytest.raises(RoleError, match="needs 'approver'"):
+            act(rig.registry, rollout.id, "rollback", Actor("olga", "operator"))
         def told() -> int:
             return sum(1 for e in rig.registry.jobs.executions(job_id) if e.notified_at)
 

@@ -57,3 +57,35 @@ def test_parse_broker() -> None:
     assert parse_broker("h") == ("h", 1883)
     with pytest.raises(ConfigError):
         parse_broker("h:99999")
+
+
+def test_tls_and_auth_from_file_env_and_mqtts(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FLEET_TUI_TLS_CA", "FLEET_TUI_TLS_INSECURE", "FLEET_TUI_MQTT_PASSWORD",
+                "FLEET_TUI_BROKER"):
+        monkeypatch.delenv(var, raising=False)
+    assert not load_settings(tmp_path / "none.toml").tls_enabled
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[tls]\nca_file = "/etc/ca.pem"\n[auth]\nusername = "fleet-service"\n')
+    s = load_settings(cfg)
+    assert s.tls_enabled and s.tls.ca_file == "/etc/ca.pem" and not s.tls.insecure
+    assert s.mqtt_credentials() == ("fleet-service", None)
+    monkeypatch.setenv("FLEET_TUI_TLS_CA", "/env/ca.pem")
+    monkeypatch.setenv("FLEET_TUI_TLS_INSECURE", "yes")
+    monkeypatch.setenv("FLEET_TUI_MQTT_PASSWORD", "s3cret")
+    s = load_settings(cfg)
+    assert (s.tls.ca_file, s.tls.insecure) == ("/env/ca.pem", True)
+    assert s.mqtt_credentials() == ("fleet-service", "s3cret")
+    assert parse_broker("mqtts://broker.example") == ("broker.example", 8883)
+    s = load_settings(tmp_path / "none.toml", {"broker": "mqtts://b:8884"})
+    assert s.tls_enabled and s.broker_port == 8884
+
+
+def test_bad_tls_setting_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[tls]\ninsecure = "maybe"\n')
+    with pytest.raises(ConfigError, match=r":2: tls\.insecure: expected bool"):
+        load_settings(cfg)
+    cfg.write_text('[tls]\nca = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown setting 'tls\.ca'"):
+        load_settings(cfg)

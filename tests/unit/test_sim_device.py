@@ -547,6 +547,22 @@ def test_job_notify_next_pulls_and_bad_executions_fail() -> None:
     assert send(dev, 2.3, "jobs/start-next/accepted", execution("j1", {"operation": "x"})) == []
 
 
+def test_notify_next_while_waiting_for_start_next_asks_again() -> None:
+    # The answer to start-next may be lost (a service killed after taking the request):
+    # a notify-next then makes the device ask again, as jobs.c does; while it runs a job a
+    # notify-next only marks that more is queued.
+    dev = make()
+    up(dev)
+    note = execution("j1", {"operation": "diagnostic"})
+    assert dev.jobs_state == "wait_start_next"  # its connect-time start-next is unanswered
+    again = send(dev, 1.5, "jobs/notify-next", note)
+    assert [p.topic for p in pubs(again)] == [f"{P}/jobs/start-next"]
+    out = send(dev, 2.0, "jobs/start-next/accepted", note)
+    assert job_updates(out)[0][1]["status"] == "SUCCEEDED"
+    assert pubs(send(dev, 2.1, "jobs/notify-next", note), "/jobs/start-next") == []
+    assert dev.pull_again
+
+
 # ------------------------------------------------------------------------ profiles
 
 

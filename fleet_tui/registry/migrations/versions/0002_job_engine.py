@@ -26,10 +26,13 @@ def upgrade() -> None:
         batch_op.create_index('ix_job_execution_notified', ['job_id', 'notified_at'],
                               unique=False)
         batch_op.create_index('ix_job_execution_state', ['status', 'job_id'], unique=False)
+        batch_op.create_index('ix_job_execution_started', ['job_id', 'status', 'started_at'],
+                              unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('job_execution', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_execution_started')
         batch_op.drop_index('ix_job_execution_state')
         batch_op.drop_index('ix_job_execution_notified')
         batch_op.drop_index('ix_job_execution_seq')
