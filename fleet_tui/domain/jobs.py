@@ -143,16 +143,19 @@ class JobSettings:
         if unknown:
             raise JobError(f"settings: unknown field(s) {', '.join(sorted(unknown))}")
         data = dict(d)
-        ramp = data.get("ramp_up")
-        if isinstance(ramp, Mapping):
-            data["ramp_up"] = RampUp(**ramp)
-        data["abort"] = tuple(
-            c if isinstance(c, AbortCriterion) else AbortCriterion(**c)
-            for c in data.get("abort", ()))
-        data["retry_on"] = tuple(data.get("retry_on", RETRYABLE))
         try:
+            ramp = data.get("ramp_up")
+            if isinstance(ramp, Mapping):
+                data["ramp_up"] = RampUp(**ramp)
+            data["abort"] = tuple(
+                c if isinstance(c, AbortCriterion) else AbortCriterion(**c)
+                for c in data.get("abort", ()))
+            data["retry_on"] = tuple(data.get("retry_on", RETRYABLE))
             return cls(**data)
-        except TypeError as err:
+        except JobError:
+            raise
+        except (TypeError, AttributeError, ValueError) as err:
+            # Stored or sent settings of the wrong shape (a number where a list belongs).
             raise JobError(f"settings: {err}") from None
 
     def current_rate(self, notified: int, succeeded: int) -> float | None:

@@ -75,6 +75,10 @@ def test_settings_round_trip_through_their_stored_form() -> None:
     assert JobSettings.from_dict(s.to_dict()) == s
     with pytest.raises(JobError, match="unknown field"):
         JobSettings.from_dict({"concurency": 3})
+    for bad in ({"abort": 5}, {"abort": ["x"]}, {"ramp_up": {"base": 1}}, {"retry_on": 3},
+                {"concurrency": "many"}):
+        with pytest.raises(JobError, match="settings"):
+            JobSettings.from_dict(bad)
 
 
 def test_devices_cannot_leave_a_terminal_state_or_set_queued() -> None:
