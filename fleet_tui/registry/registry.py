@@ -188,6 +188,7 @@ class Registry:
         self._groups: dict[str, GroupNode] | None = None
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
+        self._count_statements: dict[str, sa.Select[Any]] = {}
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Registry:
@@ -439,10 +440,11 @@ class Registry:
             ]
 
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
-        if (group is None) != (not where):
+        if group is None and where:
+            stmt = self._query_count_statement(where)
+        elif (group is None) != (not where):
             # Count the id set itself: a tag condition then never touches the device table.
-            ids = (self.group_ids(group) if group is not None
-                   else GroupQuery.parse(where or "").compile_ids(self.target)).subquery()
+            ids = self.group_ids(group or "").subquery()
             stmt = sa.select(sa.func.count()).select_from(ids)
         else:
             stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
@@ -450,6 +452,19 @@ class Registry:
             )
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def _query_count_statement(self, where: str) -> sa.Select[Any]:
+        # A query's text fully determines its count statement. Building the statement and
+        # SQLAlchemy's cache key for it cost ~0.4 ms a call, more than SQLite's indexed
+        # count on a 1M-device fleet; a reused statement keeps its memoized cache key.
+        stmt = self._count_statements.get(where)
+        if stmt is None:
+            ids = GroupQuery.parse(where).compile_ids(self.target).subquery()
+            stmt = sa.select(sa.func.count()).select_from(ids)
+            if len(self._count_statements) >= 256:
+                self._count_statements.clear()
+            self._count_statements[where] = stmt
+        return stmt
 
     def device_ids(self, *, group: str | None = None, where: str | None = None) -> list[str]:
         stmt = (
