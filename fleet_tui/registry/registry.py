@@ -752,11 +752,13 @@ class Registry:
 
     def save_shadows(
         self,
-        docs: Sequence[tuple[str, str, int, dict[str, Any]]],
+        docs: Sequence[tuple[str, str, int, dict[str, Any] | bytes]],
         reported: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Upsert (thing, name, version, document) rows and mirror the classic shadows'
-        reported state into the device registry, in one transaction."""
+        reported state into the device registry, in one transaction.
+
+        A document may come already serialized (JSON bytes), see engine.json_serializer."""
         if not docs and not reported:
             return
         now = time.time()
