@@ -298,9 +298,13 @@ class Registry:
             return None
         ids = list(updates)
         self._ensure_devices(conn, ids)
-        conn.execute(
-            TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
-        )
+        lite = self.dialect == "sqlite"
+        if lite:  # the ids as one JSON parameter: no expanding IN with a bind per device
+            conn.execute(_JSON_DELETE_REPORTED, {"rows": orjson.dumps(ids).decode()})
+        else:
+            conn.execute(
+                TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
+            )
         rows: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
         for device_id, reported in updates.items():
@@ -314,16 +318,21 @@ class Registry:
                 "b_hw": hw if isinstance(hw, str) else None,
             })
         # Keep what the device did not report (COALESCE), in one executemany.
-        conn.execute(
-            DEVICE.update()
-            .where(DEVICE.c.id == sa.bindparam("b_id"))
-            .values(
-                firmware_version=sa.func.coalesce(sa.bindparam("b_fw"), DEVICE.c.firmware_version),
-                fw_key=sa.func.coalesce(sa.bindparam("b_key"), DEVICE.c.fw_key),
-                hardware_rev=sa.func.coalesce(sa.bindparam("b_hw"), DEVICE.c.hardware_rev),
-            ),
-            versions,
-        )
+        if lite:
+            batch = [tuple(v.values()) for v in versions]
+            conn.execute(_JSON_UPDATE_VERSIONS, {"rows": orjson.dumps(batch).decode()})
+        else:
+            conn.execute(
+                DEVICE.update()
+                .where(DEVICE.c.id == sa.bindparam("b_id"))
+                .values(
+                    firmware_version=sa.func.coalesce(sa.bindparam("b_fw"),
+                                                      DEVICE.c.firmware_version),
+                    fw_key=sa.func.coalesce(sa.bindparam("b_key"), DEVICE.c.fw_key),
+                    hardware_rev=sa.func.coalesce(sa.bindparam("b_hw"), DEVICE.c.hardware_rev),
+                ),
+                versions,
+            )
         bulk_insert(conn, TAG, TAG_COLUMNS, rows)
         return None
 
@@ -331,6 +340,10 @@ class Registry:
         """Register devices first seen on the wire, in one statement."""
         if ids:
             now = time.time()
+            if self.dialect == "sqlite":
+                rows = orjson.dumps([(i, False, now) for i in ids]).decode()
+                conn.execute(_JSON_ENSURE_DEVICES, {"rows": rows})
+                return
             conn.execute(
                 _insert_ignore(self.dialect, DEVICE),
                 [{"id": i, "online": False, "created_at": now} for i in ids],
@@ -762,15 +775,19 @@ class Registry:
         if not docs and not reported:
             return
         now = time.time()
-        rows = [
-            {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
-            for t, n, v, d in docs
-        ]
-        stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
-                       ["version", "document", "updated_at"])
         with self.transaction() as conn:
-            if rows:
-                conn.execute(stmt, rows)
+            if docs and self.dialect == "sqlite":
+                # One JSON parameter for the batch; serialized documents go in verbatim.
+                batch = [(t, n, v, orjson.Fragment(d) if isinstance(d, bytes) else d, now)
+                         for t, n, v, d in docs]
+                conn.execute(_JSON_UPSERT_SHADOWS, {"rows": orjson.dumps(batch).decode()})
+            elif docs:
+                stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
+                               ["version", "document", "updated_at"])
+                conn.execute(stmt, [
+                    {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
+                    for t, n, v, d in docs
+                ])
             if reported:
                 self.apply_reported(reported, conn)
 
@@ -928,3 +945,49 @@ def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str]) -
         index_elements=keys, set_={c: getattr(lite.excluded, c) for c in update}
     )
 
+
+
+# SQLite statements that take a whole batch as one JSON array parameter ``rows`` (each
+# element an array of column values) and unpack it in C with json_each: per-row
+# parameter binding cost more than the writes themselves on the shadow service's path.
+
+def _json_rows(*names: str) -> sa.Select[Any]:
+    rows = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
+    return sa.select(*(
+        sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'")).label(name)
+        for i, name in enumerate(names)
+    )).select_from(rows).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT
+
+
+def _json_statements() -> tuple[Any, Any, Any, Any]:
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    ids = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
+    delete_reported = TAG.delete().where(
+        TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(sa.select(ids.c.value))
+    )
+    ver = _json_rows("b_id", "b_fw", "b_key", "b_hw").subquery()
+    update_versions = (
+        DEVICE.update()
+        .where(DEVICE.c.id == ver.c.b_id)
+        .values(
+            firmware_version=sa.func.coalesce(ver.c.b_fw, DEVICE.c.firmware_version),
+            fw_key=sa.func.coalesce(ver.c.b_key, DEVICE.c.fw_key),
+            hardware_rev=sa.func.coalesce(ver.c.b_hw, DEVICE.c.hardware_rev),
+        )
+    )
+    ensure = sqlite_insert(DEVICE).from_select(
+        ["id", "online", "created_at"], _json_rows("id", "online", "created_at")
+    ).on_conflict_do_nothing()
+    cols = ["thing_id", "name", "version", "document", "updated_at"]
+    shadows = sqlite_insert(SHADOW).from_select(cols, _json_rows(*cols))
+    upsert = shadows.on_conflict_do_update(
+        index_elements=["thing_id", "name"],
+        set_={c: getattr(shadows.excluded, c) for c in ("version", "document", "updated_at")},
+    )
+    return delete_reported, update_versions, ensure, upsert
+
+
+_JSON_DELETE_REPORTED, _JSON_UPDATE_VERSIONS, _JSON_ENSURE_DEVICES, _JSON_UPSERT_SHADOWS = (
+    _json_statements()
+)
