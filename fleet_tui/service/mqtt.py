@@ -65,7 +65,9 @@ class MqttSession:
             protocol=self.protocol,
             will=self.will,
             keepalive=self.keepalive,
-            max_inflight_messages=1000,
+            # 0 = no client-side cap: with a cap paho rescans every outstanding message on
+            # each PUBACK (O(n) per ack, ~9% of the service's CPU in 400-message batches).
+            max_inflight_messages=0,
             max_queued_outgoing_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=10,
