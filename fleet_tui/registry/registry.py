@@ -188,7 +188,7 @@ class Registry:
         self._groups: dict[str, GroupNode] | None = None
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
-        self._count_statements: dict[str, sa.Select[Any]] = {}
+        self._count_statements: dict[Any, sa.Select[Any]] = {}
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Registry:
@@ -455,10 +455,8 @@ class Registry:
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
         if group is None and where:
             stmt = self._query_count_statement(where)
-        elif (group is None) != (not where):
-            # Count the id set itself: a tag condition then never touches the device table.
-            ids = self.group_ids(group or "").subquery()
-            stmt = sa.select(sa.func.count()).select_from(ids)
+        elif group is not None and not where:
+            stmt = self._group_count_statement(group)
         else:
             stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
                 self.device_filter(group=group, where=where)
@@ -474,10 +472,25 @@ class Registry:
         if stmt is None:
             ids = GroupQuery.parse(where).compile_ids(self.target).subquery()
             stmt = sa.select(sa.func.count()).select_from(ids)
-            if len(self._count_statements) >= 256:
-                self._count_statements.clear()
-            self._count_statements[where] = stmt
+            self._cache_statement(where, stmt)
         return stmt
+
+    def _group_count_statement(self, group: str) -> sa.Select[Any]:
+        # Count the id set itself: a tag condition then never touches the device table.
+        # Keyed by the snapshot of group definitions it was built from (reloaded every 2 s
+        # at most, and at once after this process's writes), so it is never stale.
+        self._load_groups()
+        key = (self._groups_loaded, group)
+        stmt = self._count_statements.get(key)
+        if stmt is None:
+            stmt = sa.select(sa.func.count()).select_from(self.group_ids(group).subquery())
+            self._cache_statement(key, stmt)
+        return stmt
+
+    def _cache_statement(self, key: Any, stmt: sa.Select[Any]) -> None:
+        if len(self._count_statements) >= 256:
+            self._count_statements.clear()
+        self._count_statements[key] = stmt
 
     def device_ids(self, *, group: str | None = None, where: str | None = None) -> list[str]:
         stmt = (
