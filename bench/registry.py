@@ -31,15 +31,20 @@ from fleet_tui.sample_fleet import write_fleet  # noqa: E402
 DATA = ROOT / "bench" / ".data"
 
 
-def timed(fn: Callable[[], object], repeat: int = 7) -> tuple[float, object]:
-    """Median wall time in ms of ``repeat`` runs (after one warm-up) and the last result."""
-    result = fn()
-    times = []
+def timed_pair(ours: Callable[[], object], base: Callable[[], object], repeat: int = 15
+               ) -> tuple[tuple[float, object], tuple[float, object]]:
+    """Median wall time in ms of ``repeat`` runs of each side (after one warm-up) and its
+    last result. The two sides alternate, so both see the same load on a shared machine
+    (timing one side after the other skewed sub-millisecond ratios)."""
+    results = [ours(), base()]
+    times: list[list[float]] = [[], []]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), result
+        for side, fn in enumerate((ours, base)):
+            t0 = time.perf_counter()
+            results[side] = fn()
+            times[side].append((time.perf_counter() - t0) * 1000)
+    return ((statistics.median(times[0]), results[0]),
+            (statistics.median(times[1]), results[1]))
 
 
 def report(metric: str, value: float, baseline: float, unit: str, lines: list[str]) -> dict:
@@ -115,8 +120,9 @@ def main() -> int:
         raw = sqlite3.connect(db)
         raw.execute("PRAGMA cache_size=-131072")
         q1 = 'tag.deployment_ring = "canary"'
-        ms, ours = timed(lambda: registry.count_devices(where=q1))
-        base, theirs = timed(lambda: raw.execute(
+        (ms, ours), (base, theirs) = timed_pair(
+            lambda: registry.count_devices(where=q1),
+            lambda: raw.execute(
             "select count(*) from tag where source='o' and key='deployment_ring' "
             "and value='canary'").fetchone()[0])
         assert ours == theirs, (ours, theirs)
@@ -124,8 +130,9 @@ def main() -> int:
 
         q2 = ('location = "factory-A" and firmware_version < 2.2.0 '
               'and not tag.deployment_ring in ("canary")')
-        ms, ours = timed(lambda: registry.count_devices(where=q2))
-        base, theirs = timed(lambda: raw.execute(
+        (ms, ours), (base, theirs) = timed_pair(
+            lambda: registry.count_devices(where=q2),
+            lambda: raw.execute(
             "select count(*) from device d join tag l on l.device_id = d.id and l.source='r' "
             "and l.key='location' and l.value='factory-A' where d.fw_key < ? and not exists "
             "(select 1 from tag r where r.device_id = d.id and r.source='o' "
@@ -135,24 +142,27 @@ def main() -> int:
         report("dynamic_count_compound_ms", ms, base, "ms", lines)
 
         lines_of = [f"{site}-l{i}" for site in ("fra-1", "ber-1", "muc-1") for i in (1, 2, 3)]
-        ms, ours = timed(lambda: registry.count_devices(group="eu-central"))
         marks = ",".join("?" * len(lines_of))
-        base, theirs = timed(lambda: raw.execute(
+        (ms, ours), (base, theirs) = timed_pair(
+            lambda: registry.count_devices(group="eu-central"),
+            lambda: raw.execute(
             f"select count(*) from tag where source='o' and key='line' and value in ({marks})",
             lines_of).fetchone()[0])
         assert ours == theirs, (ours, theirs)
         report("hierarchy_3_level_count_ms", ms, base, "ms", lines)
 
         offset = 5000 * 50
-        ms, ours = timed(lambda: registry.list_devices(offset=offset, limit=50))
-        base, theirs = timed(lambda: raw.execute(
+        (ms, ours), (base, theirs) = timed_pair(
+            lambda: registry.list_devices(offset=offset, limit=50),
+            lambda: raw.execute(
             "select id, hardware_rev, firmware_version, online, last_seen, health from device "
             "order by id limit 50 offset ?", (offset,)).fetchall())
         assert [r.id for r in ours] == [r[0] for r in theirs]  # type: ignore[union-attr,index]
         report("paged_list_page_5000_ms", ms, base, "ms", lines)
 
-        ms, _ = timed(lambda: registry.list_devices(group="eu-central", offset=5000, limit=50))
-        base, _ = timed(lambda: raw.execute(
+        (ms, _), (base, _) = timed_pair(
+            lambda: registry.list_devices(group="eu-central", offset=5000, limit=50),
+            lambda: raw.execute(
             f"select d.id from device d join tag t on t.device_id = d.id and t.source='o' and "
             f"t.key='line' and t.value in ({marks}) order by d.id limit 50 offset 5000",
             lines_of).fetchall())

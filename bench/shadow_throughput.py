@@ -176,6 +176,13 @@ def rss_per_100k_shadows() -> float:
     return _rss_mb() - before
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -216,12 +223,17 @@ def main() -> int:
         time.sleep(3)
         things = [f"esp32-{i:06d}" for i in range(args.things)]
         shadow_topics = [T.shadow(things[i % args.things]) for i in range(args.updates)]
+        cpu0 = _cpu_s(serve.pid)
         rate, n, secs = asyncio.run(run_flood(
             broker.port, shadow_topics, T.shadow("+", "", "update", "accepted"),
             lambda i: orjson.dumps({"state": {"reported": {"seq": i, "led_is_on": i % 2 == 0}},
                                     "clientToken": f"t{i}"})))
+        cpu = _cpu_s(serve.pid) - cpu0
         print(f"shadow service (durable, SQLite): {n} accepted in {secs:.1f} s = "
               f"{rate:,.0f} updates/s (ratio {rate / echo_rate:.2f} of raw echo)")
+        # CPU time is steadier than wall time on a shared machine: compare it across runs.
+        print(f"service CPU per accepted update: {cpu / max(n, 1) * 1e6:.0f} us "
+              f"({cpu / secs * 100:.0f}% of one core)")
         lat = asyncio.run(paced(broker.port, things, args.rate, args.seconds))
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = statistics.quantiles(lat, n=100)[98] if len(lat) > 100 else float("nan")

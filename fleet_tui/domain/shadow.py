@@ -714,14 +714,15 @@ class ShadowDocument:
             "timestamp": self._timestamp,
         }
 
-    def to_json(self) -> bytes:
-        """:meth:`to_dict` serialized, without the intermediate copy."""
+    def to_json(self, **extra: Json) -> bytes:
+        """:meth:`to_dict` serialized (with ``extra`` keys), without the intermediate copy."""
         return orjson.dumps(
             {
                 "state": _sections(self._desired, self._reported),
                 "metadata": _sections(self._desired_meta, self._reported_meta),
                 "version": self._version,
                 "timestamp": self._timestamp,
+                **extra,
             }
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,19 @@ def create_registry_engine(url: str) -> Engine:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-    engine = sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, json_serializer=json_serializer, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def json_serializer(value: Any) -> str:
+    """JSON columns' serializer: ``bytes`` are JSON serialized already (the shadow service
+    serializes documents with orjson on its own thread); anything else as SQLAlchemy would."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return json.dumps(value)
 
 
 def _sqlite_begin(conn: Any) -> None:

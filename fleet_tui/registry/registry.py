@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
@@ -142,26 +143,44 @@ def tag_rows(device_id: str, source: str, values: Mapping[str, Any]) -> list[dic
 
 def bulk_insert(conn: Connection, table: sa.Table, columns: Sequence[str],
                 rows: Sequence[tuple[Any, ...]]) -> None:
-    """executemany straight on the DBAPI cursor with a statement SQLAlchemy compiled.
+    """Insert many rows without SQLAlchemy's (or the driver's) per-row parameter work.
 
-    SQLAlchemy's per-row parameter processing cost more than SQLite's own insert work for
-    million-row imports; the statement is still generated, and values still bound.
+    Binding parameters row by row in Python cost more than the database's own insert work
+    for million-row imports. SQLite gets the whole batch as one JSON array that one
+    ``INSERT ... SELECT FROM json_each`` unpacks in C (still a single bound parameter;
+    5x faster than executemany for 1M tag rows, and the GIL is released meanwhile);
+    PostgreSQL gets COPY.
     """
     if not rows:
         return
-    compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(columns))
-    params: Sequence[Any] = rows
-    if compiled.positiontup is None:  # named paramstyle (psycopg): rows become dicts
-        params = [dict(zip(columns, r, strict=True)) for r in rows]
-    else:
-        order = [columns.index(name) for name in compiled.positiontup]
-        if order != list(range(len(columns))):
-            params = [tuple(r[i] for i in order) for r in rows]
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi_conn = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        quote = conn.dialect.identifier_preparer.quote
+        cols = ", ".join(quote(c) for c in columns)
+        copy_sql = f"COPY {quote(table.name)} ({cols}) FROM STDIN"
+        with dbapi_conn.cursor() as cursor, cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(table.insert(), [dict(zip(columns, r, strict=True)) for r in rows])
+        return
+    cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(str(compiled), params)
+        cursor.execute(_json_insert_sql(conn.dialect, table, tuple(columns)),
+                       (orjson.dumps(rows).decode(),))
     finally:
         cursor.close()
+
+
+@lru_cache(maxsize=64)
+def _json_insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]) -> str:
+    rows = sa.func.json_each(sa.bindparam("rows")).table_valued("value")
+    # The JSON paths are constants of the statement; the rows stay one bound parameter.
+    picks = [sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'"))
+             for i in range(len(columns))]
+    stmt = table.insert().from_select(list(columns), sa.select(*picks).select_from(rows))
+    return str(stmt.compile(dialect=dialect))
 
 
 class Registry:
@@ -174,6 +193,8 @@ class Registry:
         self._groups: dict[str, GroupNode] | None = None
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
+        self._count_statements: dict[Any, sa.Select[Any]] = {}
+        self._count_sql: dict[int, tuple[sa.Select[Any], str, list[Any]]] = {}
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Registry:
@@ -283,9 +304,13 @@ class Registry:
             return None
         ids = list(updates)
         self._ensure_devices(conn, ids)
-        conn.execute(
-            TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
-        )
+        lite = self.dialect == "sqlite"
+        if lite:  # the ids as one JSON parameter: no expanding IN with a bind per device
+            conn.execute(_JSON_DELETE_REPORTED, {"rows": orjson.dumps(ids).decode()})
+        else:
+            conn.execute(
+                TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
+            )
         rows: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
         for device_id, reported in updates.items():
@@ -299,16 +324,21 @@ class Registry:
                 "b_hw": hw if isinstance(hw, str) else None,
             })
         # Keep what the device did not report (COALESCE), in one executemany.
-        conn.execute(
-            DEVICE.update()
-            .where(DEVICE.c.id == sa.bindparam("b_id"))
-            .values(
-                firmware_version=sa.func.coalesce(sa.bindparam("b_fw"), DEVICE.c.firmware_version),
-                fw_key=sa.func.coalesce(sa.bindparam("b_key"), DEVICE.c.fw_key),
-                hardware_rev=sa.func.coalesce(sa.bindparam("b_hw"), DEVICE.c.hardware_rev),
-            ),
-            versions,
-        )
+        if lite:
+            batch = [tuple(v.values()) for v in versions]
+            conn.execute(_JSON_UPDATE_VERSIONS, {"rows": orjson.dumps(batch).decode()})
+        else:
+            conn.execute(
+                DEVICE.update()
+                .where(DEVICE.c.id == sa.bindparam("b_id"))
+                .values(
+                    firmware_version=sa.func.coalesce(sa.bindparam("b_fw"),
+                                                      DEVICE.c.firmware_version),
+                    fw_key=sa.func.coalesce(sa.bindparam("b_key"), DEVICE.c.fw_key),
+                    hardware_rev=sa.func.coalesce(sa.bindparam("b_hw"), DEVICE.c.hardware_rev),
+                ),
+                versions,
+            )
         bulk_insert(conn, TAG, TAG_COLUMNS, rows)
         return None
 
@@ -316,6 +346,10 @@ class Registry:
         """Register devices first seen on the wire, in one statement."""
         if ids:
             now = time.time()
+            if self.dialect == "sqlite":
+                rows = orjson.dumps([(i, False, now) for i in ids]).decode()
+                conn.execute(_JSON_ENSURE_DEVICES, {"rows": rows})
+                return
             conn.execute(
                 _insert_ignore(self.dialect, DEVICE),
                 [{"id": i, "online": False, "created_at": now} for i in ids],
@@ -425,17 +459,75 @@ class Registry:
             ]
 
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
-        if (group is None) != (not where):
-            # Count the id set itself: a tag condition then never touches the device table.
-            ids = (self.group_ids(group) if group is not None
-                   else GroupQuery.parse(where or "").compile_ids(self.target)).subquery()
-            stmt = sa.select(sa.func.count()).select_from(ids)
-        else:
-            stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
-                self.device_filter(group=group, where=where)
-            )
+        if group is None and where:
+            return self._count(self._query_count_statement(where))
+        if group is not None and not where:
+            return self._count(self._group_count_statement(group))
+        stmt = sa.select(sa.func.count()).select_from(DEVICE).where(
+            self.device_filter(group=group, where=where)
+        )
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def _query_count_statement(self, where: str) -> sa.Select[Any]:
+        # A query's text fully determines its count statement. Building the statement and
+        # SQLAlchemy's cache key for it cost ~0.4 ms a call, more than SQLite's indexed
+        # count on a 1M-device fleet; a reused statement keeps its memoized cache key.
+        stmt = self._count_statements.get(where)
+        if stmt is None:
+            ids = GroupQuery.parse(where).compile_ids(self.target).subquery()
+            stmt = sa.select(sa.func.count()).select_from(ids)
+            self._cache_statement(where, stmt)
+        return stmt
+
+    def _group_count_statement(self, group: str) -> sa.Select[Any]:
+        # Count the id set itself: a tag condition then never touches the device table.
+        # Keyed by the snapshot of group definitions it was built from (reloaded every 2 s
+        # at most, and at once after this process's writes), so it is never stale.
+        self._load_groups()
+        key = (self._groups_loaded, group)
+        stmt = self._count_statements.get(key)
+        if stmt is None:
+            stmt = sa.select(sa.func.count()).select_from(self.group_ids(group).subquery())
+            self._cache_statement(key, stmt)
+        return stmt
+
+    def _cache_statement(self, key: Any, stmt: sa.Select[Any]) -> None:
+        if len(self._count_statements) >= 256:
+            self._count_statements.clear()
+            self._count_sql.clear()
+        self._count_statements[key] = stmt
+
+    def _count(self, stmt: sa.Select[Any]) -> int:
+        """Run a cached count statement.
+
+        On SQLite, SQLAlchemy's connection, explicit BEGIN and ROLLBACK around one indexed
+        count cost as much as the count itself on a 1M-device fleet; a single SELECT on the
+        pooled driver connection (autocommit: its own read transaction) needs none of it.
+        The SQL is still what SQLAlchemy compiled, with bound parameters.
+        """
+        if self.dialect != "sqlite":
+            with self.engine.connect() as conn:
+                return int(conn.execute(stmt).scalar_one())
+        compiled = self._count_sql.get(id(stmt))
+        if compiled is None or compiled[0] is not stmt:
+            sql = stmt.compile(dialect=self.engine.dialect,
+                               compile_kwargs={"render_postcompile": True})
+            params = [sql.params[name] for name in sql.positiontup or ()]
+            compiled = (stmt, str(sql), params)
+            self._count_sql[id(stmt)] = compiled
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(compiled[1], compiled[2])
+                row = cursor.fetchone()
+                assert row is not None  # count(*) always returns one row
+                return int(row[0])
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
 
     def device_ids(self, *, group: str | None = None, where: str | None = None) -> list[str]:
         stmt = (
@@ -723,23 +815,29 @@ class Registry:
 
     def save_shadows(
         self,
-        docs: Sequence[tuple[str, str, int, dict[str, Any]]],
+        docs: Sequence[tuple[str, str, int, dict[str, Any] | bytes]],
         reported: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Upsert (thing, name, version, document) rows and mirror the classic shadows'
-        reported state into the device registry, in one transaction."""
+        reported state into the device registry, in one transaction.
+
+        A document may come already serialized (JSON bytes), see engine.json_serializer."""
         if not docs and not reported:
             return
         now = time.time()
-        rows = [
-            {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
-            for t, n, v, d in docs
-        ]
-        stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
-                       ["version", "document", "updated_at"])
         with self.transaction() as conn:
-            if rows:
-                conn.execute(stmt, rows)
+            if docs and self.dialect == "sqlite":
+                # One JSON parameter for the batch; serialized documents go in verbatim.
+                batch = [(t, n, v, orjson.Fragment(d) if isinstance(d, bytes) else d, now)
+                         for t, n, v, d in docs]
+                conn.execute(_JSON_UPSERT_SHADOWS, {"rows": orjson.dumps(batch).decode()})
+            elif docs:
+                stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
+                               ["version", "document", "updated_at"])
+                conn.execute(stmt, [
+                    {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
+                    for t, n, v, d in docs
+                ])
             if reported:
                 self.apply_reported(reported, conn)
 
@@ -924,3 +1022,49 @@ def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str]) -
         index_elements=keys, set_={c: getattr(lite.excluded, c) for c in update}
     )
 
+
+
+# SQLite statements that take a whole batch as one JSON array parameter ``rows`` (each
+# element an array of column values) and unpack it in C with json_each: per-row
+# parameter binding cost more than the writes themselves on the shadow service's path.
+
+def _json_rows(*names: str) -> sa.Select[Any]:
+    rows = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
+    return sa.select(*(
+        sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'")).label(name)
+        for i, name in enumerate(names)
+    )).select_from(rows).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT
+
+
+def _json_statements() -> tuple[Any, Any, Any, Any]:
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    ids = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
+    delete_reported = TAG.delete().where(
+        TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(sa.select(ids.c.value))
+    )
+    ver = _json_rows("b_id", "b_fw", "b_key", "b_hw").subquery()
+    update_versions = (
+        DEVICE.update()
+        .where(DEVICE.c.id == ver.c.b_id)
+        .values(
+            firmware_version=sa.func.coalesce(ver.c.b_fw, DEVICE.c.firmware_version),
+            fw_key=sa.func.coalesce(ver.c.b_key, DEVICE.c.fw_key),
+            hardware_rev=sa.func.coalesce(ver.c.b_hw, DEVICE.c.hardware_rev),
+        )
+    )
+    ensure = sqlite_insert(DEVICE).from_select(
+        ["id", "online", "created_at"], _json_rows("id", "online", "created_at")
+    ).on_conflict_do_nothing()
+    cols = ["thing_id", "name", "version", "document", "updated_at"]
+    shadows = sqlite_insert(SHADOW).from_select(cols, _json_rows(*cols))
+    upsert = shadows.on_conflict_do_update(
+        index_elements=["thing_id", "name"],
+        set_={c: getattr(shadows.excluded, c) for c in ("version", "document", "updated_at")},
+    )
+    return delete_reported, update_versions, ensure, upsert
+
+
+_JSON_DELETE_REPORTED, _JSON_UPDATE_VERSIONS, _JSON_ENSURE_DEVICES, _JSON_UPSERT_SHADOWS = (
+    _json_statements()
+)

@@ -52,6 +52,11 @@ class Entry:
         data["exists"] = self.exists
         return data
 
+    def stored_json(self) -> bytes:
+        """:meth:`stored` serialized: one orjson call instead of a deep copy on this
+        thread and ``json.dumps`` in the commit thread."""
+        return self.doc.to_json(exists=self.exists)
+
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> Entry:
         exists = bool(data.get("exists", True))
@@ -214,12 +219,12 @@ class ShadowService:
         batch, self._batch = self._batch, _Batch()
         return batch
 
-    def _rows(self, batch: _Batch) -> tuple[list[tuple[str, str, int, dict[str, Any]]],
+    def _rows(self, batch: _Batch) -> tuple[list[tuple[str, str, int, bytes]],
                                             dict[str, dict[str, Any]]]:
         docs, reported = [], {}
         for key in batch.dirty:
             entry = self.shadows[key]
-            docs.append((key[0], key[1], entry.doc.version, entry.stored()))
+            docs.append((key[0], key[1], entry.doc.version, entry.stored_json()))
             if key[1] == "" and entry.exists:
                 reported[key[0]] = entry.doc.reported
         return docs, reported
