@@ -139,6 +139,8 @@ class Settings:
     # drops: requests sent during a restart are delivered when it is back.
     service_id: str = ""
     session_expiry_s: int = 3600
+    # The service's MQTT version: "3.1.1" (default, measured faster with paho) or "5".
+    mqtt_version: str = "3.1.1"
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
@@ -323,6 +325,9 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             sections.setdefault(section, {})[key] = os.environ[var]
     _apply(settings, sections, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    if settings.mqtt_version not in ("3.1.1", "5"):
+        raise ConfigError(f"mqtt_version {settings.mqtt_version!r}: expected \"3.1.1\" or "
+                          "\"5\"")
     if settings.role not in ROLES:
         raise ConfigError(f"role {settings.role!r}: expected one of {', '.join(ROLES)}")
     parse_broker(settings.broker)

@@ -71,7 +71,7 @@ class FleetService:
             subscriptions, self.dispatch,
             session_expiry_s=settings.session_expiry_s if stable else 0,
             tls_context=settings.ssl_context(), username=settings.mqtt_credentials()[0],
-            password=settings.mqtt_credentials()[1],
+            password=settings.mqtt_credentials()[1], mqtt5=settings.mqtt_version == "5",
         )
         self.ready = asyncio.Event()
         self.ingest_interval = 1.0

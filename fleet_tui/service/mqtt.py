@@ -45,6 +45,7 @@ class MqttSession:
         tls_context: ssl.SSLContext | None = None,
         username: str | None = None,
         password: str | None = None,
+        mqtt5: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
@@ -63,10 +64,11 @@ class MqttSession:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0
-        # MQTT 3.1.1: nothing here uses v5 properties, and paho decodes a Properties object
-        # for every v5 PUBLISH (and PUBACK): 45% of the service's CPU under load, and
-        # 1,375 -> 2,378 accepted updates/s when dropped (bench/shadow_throughput.py).
-        self.protocol = aiomqtt.ProtocolVersion.V311
+        # MQTT 3.1.1 unless asked for 5: nothing here needs v5 properties, and paho decodes
+        # a Properties object for every v5 PUBLISH (and PUBACK): 45% of the service's CPU
+        # under load, 1,375 -> 2,378 accepted updates/s without (bench/shadow_throughput.py).
+        # With 5, a broker that refuses it is retried with 3.1.1.
+        self.protocol = aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311
 
     def _make_client(self) -> aiomqtt.Client:
         session: dict[str, Any] = {}

@@ -207,3 +207,21 @@ async def test_restart_brings_back_every_document_with_its_version(
             assert doc is not None and doc.version == 6
             assert doc.reported["n"] == 25 + i
     again.close()
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+async def test_service_speaks_mqtt_5_or_3_1_1_as_configured(
+    mosquitto: Mosquitto, sqlite_registry: Registry, version: str
+) -> None:
+    import aiomqtt
+
+    settings = settings_for(mosquitto.url, "unused")
+    settings.mqtt_version = version
+    async with running_service(settings, sqlite_registry) as svc, \
+            peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as dev:
+        expected = aiomqtt.ProtocolVersion.V5 if version == "5" else aiomqtt.ProtocolVersion.V311
+        assert svc.session.protocol == expected
+        await dev.publish(T.shadow(THING), {"state": {"reported": {"led_is_on": True}},
+                                            "clientToken": "v-1"})
+        _, accepted = await dev.wait_for(on("/update/accepted", "v-1"))
+        assert accepted["version"] == 1
