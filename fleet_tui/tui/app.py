@@ -39,6 +39,9 @@ APP_HELP = (
 )
 
 
+SUMMARY_EVERY_S = 2.0  # the header's counts re-query the registry: not on every batch
+
+
 class FleetApp(App[None]):
     TITLE = "fleet-tui"
     CSS_PATH = "app.tcss"
@@ -74,6 +77,7 @@ class FleetApp(App[None]):
             ClientShadowWriter(settings) if service is not None else None)
         self.summary: FleetSummary | None = None
         self.selected_group: str | None = None
+        self._summary_at = 0.0
         self.exit_after: float | None = None  # quit after this many seconds (smoke tests)
         if settings.keymap:
             self.set_keymap(settings.keymap)
@@ -124,7 +128,9 @@ class FleetApp(App[None]):
     def on_fleet_updated(self, message: FleetUpdated) -> None:
         batch = message.batch
         self.query_one(DeviceTable).apply_live(batch.presence, batch.health)
-        if batch.presence or batch.health:
+        if (batch.presence or batch.health) and (
+                time.monotonic() - self._summary_at >= SUMMARY_EVERY_S):
+            self._summary_at = time.monotonic()
             self._load_summary()
         for screen in self.screen_stack:
             if isinstance(screen, DeviceScreen):

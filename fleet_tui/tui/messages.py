@@ -20,7 +20,7 @@ class FleetSummary:
 
     def __str__(self) -> str:
         # Rollouts in flight come with the rollout engine's views; until then a dash.
-        return (f"{self.devices} devices · {self.online} online · {self.unhealthy} unhealthy"
+        return (f"{self.devices} devices · {self.online} on · {self.unhealthy} unhealthy"
                 " · rollouts –")  # noqa: RUF001 (an en dash: "none known")
 
 

@@ -63,8 +63,9 @@ class GroupEditorScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         editing = self.group is not None
+        under = f" under {self.parent_group}" if self.parent_group else ""
         title = (f"edit dynamic group {self.group.name}" if self.group is not None
-                 else "new dynamic group" + (f" under {self.parent_group}" if self.parent_group else ""))
+                 else f"new dynamic group{under}")
         with Vertical(id="group-editor-box"):
             yield Static(Text(title, style="bold"), id="group-editor-title")
             yield Input(self.group.name if self.group else "", placeholder="group name",

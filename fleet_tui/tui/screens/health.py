@@ -131,7 +131,11 @@ class HealthScreen(Screen[None]):
                 if telemetry and seen is not None
                 and is_gone_dark(seen, now, health.telemetry_interval_s,
                                  health.gone_dark_intervals)]
-        anomalies = sorted(report["anomalies"], key=lambda a: -abs(a["score"]))
+        # Both methods may flag the same value; list it once, under its strongest score.
+        strongest: dict[tuple[str, str], dict[str, Any]] = {}
+        for a in sorted(report["anomalies"], key=lambda a: -abs(a["score"])):
+            strongest.setdefault((a["device_id"], a["metric"]), a)
+        anomalies = list(strongest.values())
         self.post_message(self.Loaded(HealthData(
             Counter(r[1] for r in records), Counter(r[2] for r in records), series,
             anomalies, sorted(gone, key=lambda g: g[1]))))
@@ -170,8 +174,8 @@ class HealthScreen(Screen[None]):
         for a in data.anomalies:
             items.append(Option(Text.assemble(
                 ("anomaly ", "bold magenta"), f"{a['device_id']} ", (a["metric"], "bold"),
-                f" {a['value']:.1f} score {a['score']:.1f}"), id=f"a:{a['device_id']}:"
-                f"{a['metric']}:{a['method']}"))
+                f" {a['value']:.1f} score {a['score']:.1f} ({a['method']})"),
+                id=f"a:{a['device_id']}:{a['metric']}"))
         for device, seen in data.gone_dark:
             items.append(Option(Text.assemble(("gone dark ", "bold red"), device,
                                               (f" silent {int(now - seen)}s", "dim")),
