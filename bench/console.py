@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import shutil
@@ -218,7 +219,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rate", type=int, default=5000, help="shadow updates/s of the load")
     parser.add_argument("--presses", type=int, default=200)
+    parser.add_argument("--no-gc", action="store_true", help="diagnosis: collector off")
     args = parser.parse_args()
+    if args.no_gc:
+        gc.disable()
 
     source = fleet_db(args.devices, args.seed)
     with tempfile.TemporaryDirectory() as tmp:

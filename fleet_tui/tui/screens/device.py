@@ -176,7 +176,7 @@ class DeviceScreen(Screen[None]):
         stored document for shadow ``name``."""
         history = self.histories.setdefault(name, ShadowHistory())
         previous = documents.get("previous")
-        if isinstance(previous, Mapping) and "current" in documents:
+        if isinstance(previous, Mapping) and "version" in previous:
             history.add(ShadowView.from_stored(previous))
         current = ShadowView.from_stored(documents.get("current", documents))
         if current.document is None and "current" in documents:
