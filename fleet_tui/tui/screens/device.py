@@ -178,7 +178,10 @@ class DeviceScreen(Screen[None]):
         previous = documents.get("previous")
         if isinstance(previous, Mapping) and "version" in previous:
             history.add(ShadowView.from_stored(previous))
-        current = ShadowView.from_stored(documents.get("current", documents))
+        stored = documents.get("current", documents)
+        if "timestamp" not in stored and "timestamp" in documents:  # AWS puts it outside
+            stored = {**stored, "timestamp": documents["timestamp"]}
+        current = ShadowView.from_stored(stored)
         if current.document is None and "current" in documents:
             history.views.clear()  # deleted: nothing to travel through any more
         shown = self.view
