@@ -185,6 +185,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         service = FleetService(settings, registry)
         sim = start_simulator(settings, data / "devices.jsonl", args.devices, workdir,
                               args.telemetry_interval)
+        broker_pid = broker.proc.pid if broker.proc is not None else None
+        print(f"demo: broker {broker.kind} pid {broker_pid} on {settings.broker}, "
+              f"simulator pid {sim.pid} ({args.devices} devices), workdir {workdir}", flush=True)
         app = FleetApp(settings, registry, service)
         app.exit_after = args.exit_after
         app.run(headless=args.headless)  # quitting stops the service (the app's bridge)
