@@ -30,7 +30,7 @@ def test_edit_sends_exactly_the_patch_at_the_current_version() -> None:
 def test_null_deletes_and_nested_keys_diff_per_leaf() -> None:
     edit = plan_edit("t1", "", "led_is_on=null cfg.a=2", doc({"led_is_on": True,
                                                              "cfg": {"a": 1, "b": 1}}, {}),
-                     "2.1.2", KEYS_2_1 + ["cfg"])
+                     "2.1.2", [*KEYS_2_1, "cfg"])
     rows = {r.key: (r.before, r.after) for r in edit.rows}
     assert rows == {"led_is_on": (True, None), "cfg.a": (1, 2)}
     assert describe_row(edit.rows[1]) == ("led_is_on", "true", "(deleted)")

@@ -172,12 +172,14 @@ class HealthScreen(Screen[None]):
         now = self.clock()
         items: list[Option] = []
         for a in data.anomalies:
+            value = a["value"]
+            shown = f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
             items.append(Option(Text.assemble(
-                ("anomaly ", "bold magenta"), f"{a['device_id']} ", (a["metric"], "bold"),
-                f" {a['value']:.1f} score {a['score']:.1f} ({a['method']})"),
+                ("⚑ ", "bold magenta"), f"{a['device_id']} ", (a["metric"], "bold"),
+                f" {shown} ", (f"score {a['score']:.0f}", "dim")),
                 id=f"a:{a['device_id']}:{a['metric']}"))
         for device, seen in data.gone_dark:
-            items.append(Option(Text.assemble(("gone dark ", "bold red"), device,
+            items.append(Option(Text.assemble(("◌ gone dark ", "bold red"), device,
                                               (f" silent {int(now - seen)}s", "dim")),
                                 id=f"g:{device}"))
         if not items:
