@@ -220,7 +220,11 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5000, help="shadow updates/s of the load")
     parser.add_argument("--presses", type=int, default=200)
     parser.add_argument("--no-gc", action="store_true", help="diagnosis: collector off")
+    parser.add_argument("--switch-interval", type=float, metavar="S",
+                        help="diagnosis: sys.setswitchinterval (GIL hand-over, default 5 ms)")
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     if args.no_gc:
         gc.disable()
 

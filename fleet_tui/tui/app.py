@@ -8,7 +8,6 @@ runs on a registry alone, and in tests without a broker).
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from typing import ClassVar
@@ -40,7 +39,6 @@ APP_HELP = (
 )
 
 
-GC_FREEZE_EVERY_S = 1.0
 SUMMARY_EVERY_S = 2.0  # the header's counts re-query the registry: not on every batch
 
 
@@ -104,12 +102,6 @@ class FleetApp(App[None]):
         if self.service is not None:
             self.bridge = ServiceBridge(self.service, self)
             self.bridge.start()
-            # The in-process service keeps every hot shadow document in memory: a full
-            # garbage collection over them stalled key presses for ~1 s at 100k devices.
-            # Documents are acyclic (refcounting frees them), so moving the surviving heap
-            # out of the collector's reach every second is safe and keeps pauses short.
-            gc.freeze()
-            self.set_interval(GC_FREEZE_EVERY_S, lambda: gc.freeze())
         if self.exit_after is not None:
             self.set_timer(self.exit_after, self.exit)
 
