@@ -90,6 +90,7 @@ class ShadowLoad:
         self.things = things
         self.rate = rate
         self.sent = 0
+        self.presence_share = 0.1  # of the updates also change presence (table rows patch)
 
     async def run(self, stop: asyncio.Event) -> None:
         async def publish(_batch: Any) -> None:
@@ -106,7 +107,7 @@ class ShadowLoad:
                 body = {"state": {"reported": {"temp_c": round(rng.uniform(20, 80), 1),
                                                "led_is_on": rng.random() < 0.5}}}
                 self.shadows.handle(ShadowTopic(thing, "", "update"), orjson.dumps(body))
-                if rng.random() < 0.1:
+                if rng.random() < self.presence_share:
                     self.events.emit(PresenceChanged(thing, rng.random() < 0.9, "bench", 0.0))
                 self.sent += 1
             # Pace against the wall clock so a slow tick is caught up, not dropped.
