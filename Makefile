@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fleet-tui
+	$(BIN)/fleet-tui demo
 
 system-deps:
 	./scripts/system-deps.sh

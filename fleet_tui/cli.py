@@ -49,15 +49,17 @@ def _open_registry(settings: Settings) -> Any:
 
 
 def cmd_overview(args: argparse.Namespace, settings: Settings) -> int:
-    """No sub-command: open the configured registry, seed it from the sample fleet when
-    empty, and print the group tree."""
+    """No sub-command: open the console on the configured registry and broker (seeding an
+    empty registry from the sample fleet first). ``fleet-tui groups tree`` prints the tree."""
     from fleet_tui.registry.importer import import_fleet
+    from fleet_tui.tui.cli import cmd_console
 
     registry = _open_registry(settings)
     if registry.count_devices() == 0:
         report = import_fleet(registry, bundled_sample_data())
         print(f"seeded {settings.db} from the sample fleet: {report}")
-    return _print_tree(registry)
+    registry.close()
+    return cmd_console(args, settings)
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--role", choices=ROLES,
                         help="operator role: viewer (read-only), operator, approver")
     parser.set_defaults(handler=cmd_overview)
+    _add_console_flags(parser)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser("import", help="import a fleet directory or file (one transaction)")
@@ -283,6 +286,18 @@ def _register_jobs(sub: Any) -> None:
     register(sub)
 
 
+def _add_console_flags(parser: argparse.ArgumentParser) -> None:
+    from fleet_tui.tui.cli import add_console_flags
+
+    add_console_flags(parser)
+
+
+def _register_demo(sub: Any) -> None:
+    from fleet_tui.demo import register
+
+    register(sub)
+
+
 def _register_sim(sub: Any) -> None:
     from fleet_tui.sim.cli import register
 
@@ -299,7 +314,8 @@ def _register_automation(sub: Any) -> None:
 
 #: Other modules (service, sim, console) add their sub-commands here.
 EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_service, _register_jobs, _register_sim,
-                                               _register_console, _register_automation]
+                                               _register_console, _register_demo,
+                                               _register_automation]
 
 
 def _format_error(err: Exception) -> str:

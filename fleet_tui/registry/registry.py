@@ -857,6 +857,14 @@ class Registry:
                                                    SHADOW.c.name == name)
             ).scalar()
 
+    def get_shadows(self, thing: str) -> dict[str, dict[str, Any]]:
+        """Every stored shadow of ``thing``, classic (``""``) and named, by name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(SHADOW.c.name, SHADOW.c.document).where(SHADOW.c.thing_id == thing)
+            )
+            return {r.name: r.document for r in rows}
+
     # ------------------------------------------------- jobs, rollouts, audit, leases
 
     @cached_property

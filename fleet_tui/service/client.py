@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiomqtt
@@ -89,8 +89,11 @@ class ShadowClient:
             body["version"] = version
         return await self.request(thing, "update", body, name)
 
-    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(kind, payload) for shadow documents, presence and telemetry, as they happen."""
+    async def events(
+        self, on_connect: Callable[[], object] | None = None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(kind, payload) for shadow documents, presence and telemetry, as they happen;
+        ``on_connect`` runs once the subscriptions are in place."""
         subs = [
             self.topics.shadow("+", "", "update", "documents"),
             self.topics.shadow("+", "+", "update", "documents"),
@@ -100,6 +103,8 @@ class ShadowClient:
         async with self._client() as client:
             for topic in subs:
                 await client.subscribe(topic, qos=0)
+            if on_connect is not None:
+                on_connect()
             async for message in client.messages:
                 try:
                     data = orjson.loads(bytes(message.payload))

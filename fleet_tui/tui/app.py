@@ -22,12 +22,13 @@ from textual.widgets import Footer, Header, Static
 from fleet_tui.config import Settings
 from fleet_tui.registry.registry import Registry
 from fleet_tui.tui.commands import FleetCommands
-from fleet_tui.tui.live import RunnableService, ServiceBridge
+from fleet_tui.tui.live import ClientShadowWriter, RunnableService, ServiceBridge, ShadowWriter
 from fleet_tui.tui.messages import FleetSummary, FleetUpdated, SummaryLoaded
 from fleet_tui.tui.screens.device import DeviceScreen
 from fleet_tui.tui.screens.health import HealthScreen
 from fleet_tui.tui.screens.help import HelpScreen
 from fleet_tui.tui.screens.jump import JumpScreen
+from fleet_tui.tui.screens.placeholder import PLACEHOLDER_VIEWS, PlaceholderScreen
 from fleet_tui.tui.widgets.device_table import DeviceTable
 from fleet_tui.tui.widgets.filter_bar import FilterBar
 from fleet_tui.tui.widgets.group_tree import GroupTree, all_group_names
@@ -36,6 +37,9 @@ APP_HELP = (
     "fleet-tui: the fleet as a tree of groups (left) and the selected group's devices "
     "(right). Tab moves between them."
 )
+
+
+SUMMARY_EVERY_S = 2.0  # the header's counts re-query the registry: not on every batch
 
 
 class FleetApp(App[None]):
@@ -59,6 +63,7 @@ class FleetApp(App[None]):
         service: RunnableService | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        writer: ShadowWriter | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -67,8 +72,13 @@ class FleetApp(App[None]):
         self.clock = clock
         self.read_only = settings.read_only or not settings.allows("edit_desired")
         self.bridge: ServiceBridge | None = None
+        # Desired state goes through the service's MQTT API, whichever process runs it.
+        self.writer = writer if writer is not None else (
+            ClientShadowWriter(settings) if service is not None else None)
         self.summary: FleetSummary | None = None
         self.selected_group: str | None = None
+        self._summary_at = 0.0
+        self.exit_after: float | None = None  # quit after this many seconds (smoke tests)
         if settings.keymap:
             self.set_keymap(settings.keymap)
 
@@ -92,6 +102,8 @@ class FleetApp(App[None]):
         if self.service is not None:
             self.bridge = ServiceBridge(self.service, self)
             self.bridge.start()
+        if self.exit_after is not None:
+            self.set_timer(self.exit_after, self.exit)
 
     def on_unmount(self) -> None:
         if self.bridge is not None:
@@ -116,13 +128,17 @@ class FleetApp(App[None]):
     def on_fleet_updated(self, message: FleetUpdated) -> None:
         batch = message.batch
         self.query_one(DeviceTable).apply_live(batch.presence, batch.health)
-        if batch.presence or batch.health:
+        if (batch.presence or batch.health) and (
+                time.monotonic() - self._summary_at >= SUMMARY_EVERY_S):
+            self._summary_at = time.monotonic()
             self._load_summary()
         for screen in self.screen_stack:
             if isinstance(screen, DeviceScreen):
-                documents = batch.shadows.get((screen.device_id, ""))
-                if documents is not None:
-                    screen.refresh_shadow(documents)
+                for (thing, name), documents in batch.shadows.items():
+                    if thing == screen.device_id:
+                        screen.refresh_shadow(documents, name)
+            elif isinstance(screen, HealthScreen) and (batch.presence or batch.health):
+                screen.schedule_reload()
 
     # ------------------------------------------------------------- navigation
 
@@ -148,6 +164,12 @@ class FleetApp(App[None]):
     def _device_opened(self, message: DeviceTable.Opened) -> None:
         self.open_device(message.device_id)
 
+    @on(DeviceTable.BulkActionRequested)
+    def _bulk_requested(self, message: DeviceTable.BulkActionRequested) -> None:
+        # The jobs view (a later issue) takes the selection from here.
+        self.notify(f"{len(message.device_ids)} devices selected; bulk actions arrive with "
+                    "the jobs view", title="bulk action")
+
     @on(FilterBar.Submitted)
     def _filter_submitted(self, message: FilterBar.Submitted) -> None:
         self.apply_filter(message.where)
@@ -157,7 +179,8 @@ class FleetApp(App[None]):
         self.query_one(DeviceTable).focus()
 
     def open_device(self, device_id: str) -> None:
-        self.push_screen(DeviceScreen(self.registry, device_id, read_only=self.read_only))
+        self.push_screen(DeviceScreen(self.registry, device_id, read_only=self.read_only,
+                                      writer=self.writer, clock=self.clock))
 
     def apply_filter(self, where: str) -> None:
         self.query_one(DeviceTable).set_where(where or None)
@@ -179,7 +202,10 @@ class FleetApp(App[None]):
         elif name == "devices":
             self.query_one(DeviceTable).focus()
         elif name == "health":
-            self.push_screen(HealthScreen(self.registry, self.selected_group))
+            self.push_screen(HealthScreen(self.registry, self.selected_group,
+                                          self.settings, clock=self.clock))
+        elif name in PLACEHOLDER_VIEWS:
+            self.push_screen(PlaceholderScreen(name))
 
     def group_names(self) -> list[str]:
         return sorted(all_group_names(self.registry.group_tree()))

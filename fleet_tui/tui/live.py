@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from textual.message_pump import MessagePump
 
+from fleet_tui.config import Settings
+from fleet_tui.service.client import ShadowClient
 from fleet_tui.service.events import (
     Event,
     EventBus,
@@ -36,6 +38,27 @@ class RunnableService(Protocol):
     events: EventBus
 
     async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class ShadowWriter(Protocol):
+    """Sends a desired-state update to the shadow service and returns its ``/accepted``
+    answer (raises :class:`~fleet_tui.service.client.ServiceError` on ``/rejected``).
+    Called from a thread worker, never on the UI's loop."""
+
+    def update_desired(self, thing: str, desired: dict[str, Any], name: str,
+                       version: int | None) -> dict[str, Any]: ...
+
+
+class ClientShadowWriter:
+    """Writes through the service's own MQTT API (the service client), exactly as any AWS
+    IoT app would: the same path whether the service runs in this process or elsewhere."""
+
+    def __init__(self, settings: Settings, timeout: float = 5.0) -> None:
+        self.client = ShadowClient(settings, timeout)
+
+    def update_desired(self, thing: str, desired: dict[str, Any], name: str,
+                       version: int | None) -> dict[str, Any]:
+        return asyncio.run(self.client.update_desired(thing, desired, name, version))
 
 
 class ServiceBridge:

@@ -19,7 +19,9 @@ class FleetSummary:
     unhealthy: int
 
     def __str__(self) -> str:
-        return f"{self.devices} devices · {self.online} online · {self.unhealthy} unhealthy"
+        # Rollouts in flight come with the rollout engine's views; until then a dash.
+        return (f"{self.devices} devices · {self.online} on · {self.unhealthy} unhealthy"
+                " · rollouts –")  # noqa: RUF001 (an en dash: "none known")
 
 
 @dataclass(slots=True)

@@ -77,15 +77,19 @@ def test_user_mistakes_exit_2_with_a_message_and_no_traceback(
     assert err.startswith("fleet-tui: error: ")
 
 
-def test_console_script_runs_and_seeds_an_empty_registry(tmp_path: Path) -> None:
+def test_no_subcommand_seeds_an_empty_registry_and_opens_the_console(tmp_path: Path) -> None:
     env = {"FLEET_TUI_DB": f"sqlite:///{tmp_path / 'x.db'}",
            "FLEET_TUI_CONFIG": str(tmp_path / "none.toml"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "fleet_tui.cli", "groups", "tree"],
                           capture_output=True, text=True, env=env, check=True)
     assert "fleet: 0 devices" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "fleet_tui.cli"],
+    proc = subprocess.run([sys.executable, "-m", "fleet_tui.cli", "--no-service", "--headless",
+                           "--exit-after", "0.5"],
+                          capture_output=True, text=True, env=env, check=True, timeout=60)
+    assert "seeded" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "fleet_tui.cli", "groups", "tree"],
                           capture_output=True, text=True, env=env, check=True)
-    assert "seeded" in proc.stdout and "fleet: 2000 devices" in proc.stdout
+    assert "fleet: 2000 devices" in proc.stdout
 
 
 def test_sample_generate_is_deterministic(tmp_path: Path) -> None:

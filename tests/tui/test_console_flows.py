@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
@@ -30,7 +32,13 @@ async def settle(pilot: Pilot[None]) -> None:
 
 
 def static_text(app: FleetApp, selector: str) -> str:
-    return str(app.query_one(selector, Static).render())
+    """What a Static on the top screen shows, as plain text (Rich renderables included)."""
+    content = app.screen.query_one(selector, Static).content
+    if isinstance(content, str):
+        return content
+    console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
+    console.print(content)
+    return console.export_text()
 
 
 async def test_selecting_a_group_in_the_tree_shows_its_devices(
@@ -184,7 +192,8 @@ async def test_colon_jumps_to_the_health_view(make_app: AppFactory) -> None:
         await pilot.press("colon", "h", "e", "enter")
         await settle(pilot)
         assert isinstance(app.screen, HealthScreen)
-        assert app.screen.counts["online"] == len(ONLINE)
+        assert app.screen.counts["online"] == len(ONLINE) + 1  # and the gone-dark one
+        assert app.screen.counts["gone dark"] == 1
         assert app.screen.counts["unhealthy"] == len(UNHEALTHY)
         await pilot.press("escape")
         assert not isinstance(app.screen, HealthScreen)

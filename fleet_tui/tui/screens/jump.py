@@ -14,6 +14,9 @@ VIEWS: dict[str, str] = {
     "groups": "the group tree",
     "devices": "the device table",
     "health": "health of the selected group",
+    "rollouts": "firmware rollouts",
+    "jobs": "bulk commands",
+    "audit": "the audit log",
 }
 
 
@@ -25,8 +28,8 @@ class JumpScreen(ModalScreen[str | None]):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="groups · devices · health", id="jump-input",
-                    suggester=SuggestFromList(list(VIEWS), case_sensitive=False))
+        yield Input(placeholder="groups · devices · health · rollouts · jobs · audit",
+                    id="jump-input", suggester=SuggestFromList(list(VIEWS), case_sensitive=False))
         yield Static("", id="jump-error")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -48,7 +48,7 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("id", "ID", 13),
+    Column("id", " ID", 13),
     Column("firmware_version", "FIRMWARE", 9),
     Column("hardware_rev", "HW", 6),
     Column("online", "ON", 3),
@@ -77,12 +77,16 @@ class DeviceTable(ScrollView, can_focus=True):
         "Devices of the selected group. Move with the arrow keys, PageUp/PageDown, "
         "Home/End; Enter opens the device; `/` filters with the query language "
         '(e.g. `firmware_version < 2.2.0 and tag.region = "eu-west"`); `s` sorts by the '
-        "next column and `S` reverses the order."
+        "next column and `S` reverses the order. Space selects devices (kept across "
+        "pages and filters), b hands the selection to a bulk action, x clears it."
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", id="devices.open"),
         Binding("s", "sort", "Sort", id="devices.sort"),
         Binding("S", "reverse", "Reverse", show=False, id="devices.reverse"),
+        Binding("space", "toggle_select", "Select", id="devices.select"),
+        Binding("b", "bulk", "Bulk action", id="devices.bulk"),
+        Binding("x", "clear_selection", "Clear selection", show=False, id="devices.clear"),
         Binding("up,k", "cursor(-1)", "Up", show=False),
         Binding("down,j", "cursor(1)", "Down", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
@@ -113,6 +117,13 @@ class DeviceTable(ScrollView, can_focus=True):
         def __init__(self, device_id: str) -> None:
             super().__init__()
             self.device_id = device_id
+
+    class BulkActionRequested(Message):
+        """The operator wants a bulk action on ``device_ids`` (the jobs view picks it up)."""
+
+        def __init__(self, device_ids: list[str]) -> None:
+            super().__init__()
+            self.device_ids = device_ids
 
     class Loaded(Message):
         """A new query took effect: the table now shows ``total`` devices."""
@@ -162,6 +173,7 @@ class DeviceTable(ScrollView, can_focus=True):
         self._generation = 0
         self._pages: OrderedDict[int, list[DeviceRow]] = OrderedDict()
         self._pending: set[int] = set()
+        self.selected: set[str] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -286,6 +298,29 @@ class DeviceTable(ScrollView, can_focus=True):
         if row is not None:
             self.post_message(self.Opened(row.id))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "bulk":
+            return bool(self.selected) and not getattr(self.app, "read_only", False)
+        return True
+
+    def action_toggle_select(self) -> None:
+        row = self.current_row
+        if row is None:
+            return
+        self.selected ^= {row.id}
+        self.refresh_bindings()
+        self._move_to(self.cursor + 1)
+        self.refresh()
+
+    def action_clear_selection(self) -> None:
+        self.selected.clear()
+        self.refresh_bindings()
+        self.refresh()
+
+    def action_bulk(self) -> None:
+        if self.selected:
+            self.post_message(self.BulkActionRequested(sorted(self.selected)))
+
     def action_sort(self) -> None:
         query = self.device_query
         following = SORT_KEYS[(SORT_KEYS.index(query.order_by) + 1) % len(SORT_KEYS)]
@@ -337,8 +372,9 @@ class DeviceTable(ScrollView, can_focus=True):
         return cells
 
     def _cells(self, row: DeviceRow) -> list[tuple[str, Style | None]]:
+        mark = "✓" if row.id in self.selected else " "
         values: dict[str, tuple[str, Style | None]] = {
-            "id": (row.id, None),
+            "id": (mark + row.id, Style(bold=True) if mark != " " else None),
             "firmware_version": (row.firmware_version or "-", None),
             "hardware_rev": (row.hardware_rev or "-", None),
             "online": ("●" if row.online else "○",

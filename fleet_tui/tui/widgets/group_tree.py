@@ -18,6 +18,7 @@ from textual.widgets.tree import TreeNode
 
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.registry.registry import GroupNode, Registry
+from fleet_tui.tui.screens.group_editor import GroupEditorScreen
 
 KIND_ICONS = {"folder": "▸", "static": "■", "dynamic": "◆"}
 ALL_DEVICES = "All devices"
@@ -36,13 +37,18 @@ class GroupTree(Tree[GroupNode | None]):
     HELP = (
         "The fleet's groups: ▸ folder, ■ static (listed members), ◆ dynamic (a query). "
         "A group's devices include its subgroups'. Enter selects the group and shows its "
-        "devices; Space expands or collapses; the number is the member count."
+        "devices; Space expands or collapses; the number is the member count. n creates a "
+        "dynamic group (under the highlighted folder), e edits the highlighted dynamic "
+        "group's query with a live count of its matches."
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Select", id="groups.select"),
         Binding("space", "toggle_node", "Expand", id="groups.toggle"),
+        Binding("n", "new_group", "New group", id="groups.new"),
+        Binding("e", "edit_group", "Edit query", id="groups.edit"),
         Binding("r", "reload", "Reload", show=False, id="groups.reload"),
     ]
+    MUTATING_ACTIONS: ClassVar[frozenset[str]] = frozenset({"new_group", "edit_group"})
 
     class GroupSelected(Message):
         """A group was chosen; ``group`` is None for the whole fleet."""
@@ -69,10 +75,42 @@ class GroupTree(Tree[GroupNode | None]):
         self.counts: dict[str | None, int] = {}
         self.guide_depth = 2
         self.group_names: list[str] = []
+        self._reselect: str | None = None
 
     def on_mount(self) -> None:
         self.root.expand()
         self.action_reload()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.MUTATING_ACTIONS and getattr(self.app, "read_only", False):
+            return False
+        if action == "edit_group":
+            node = self.cursor_node
+            return node is not None and node.data is not None and node.data.kind == "dynamic"
+        return True
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[GroupNode | None]) -> None:
+        self.refresh_bindings()
+
+    def action_new_group(self) -> None:
+        node = self.cursor_node
+        data = node.data if node is not None else None
+        parent = data.name if data is not None and data.kind == "folder" else None
+        self._open_editor(GroupEditorScreen(self.registry, parent=parent))
+
+    def action_edit_group(self) -> None:
+        node = self.cursor_node
+        if node is not None and node.data is not None and node.data.kind == "dynamic":
+            self._open_editor(GroupEditorScreen(self.registry, node.data))
+
+    def _open_editor(self, editor: GroupEditorScreen) -> None:
+        def saved(name: str | None) -> None:
+            if name is not None:
+                self.app.notify(f"saved dynamic group {name!r}", title="group")
+                self._reselect = name
+                self.action_reload()
+
+        self.app.push_screen(editor, saved)
 
     def action_reload(self) -> None:
         self._load_tree()
@@ -97,6 +135,9 @@ class GroupTree(Tree[GroupNode | None]):
         self.group_names = sorted(all_group_names(message.roots))
         self._add_group_nodes(self.root, message.roots)
         self._load_counts([None, *(n.name for n in message.roots)])
+        if self._reselect is not None:
+            name, self._reselect = self._reselect, None
+            self.select_group(name)
 
     def on_group_tree_counts_ready(self, message: CountsReady) -> None:
         message.stop()
