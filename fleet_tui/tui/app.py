@@ -21,9 +21,12 @@ from textual.widgets import Footer, Header, Static
 
 from fleet_tui.config import Settings
 from fleet_tui.registry.registry import Registry
+from fleet_tui.service.alerts import open_alert_summary
+from fleet_tui.service.job_control import Actor
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.live import ClientShadowWriter, RunnableService, ServiceBridge, ShadowWriter
 from fleet_tui.tui.messages import FleetSummary, FleetUpdated, SummaryLoaded
+from fleet_tui.tui.screens.alerts import AlertsScreen
 from fleet_tui.tui.screens.device import DeviceScreen
 from fleet_tui.tui.screens.health import HealthScreen
 from fleet_tui.tui.screens.help import HelpScreen
@@ -118,6 +121,8 @@ class FleetApp(App[None]):
             devices=registry.count_devices(),
             online=registry.count_devices(where="online = true"),
             unhealthy=registry.count_devices(where='health = "unhealthy"'),
+            rollouts=registry.rollouts.count_active(),
+            alerts=sum(open_alert_summary(registry).values()),
         )
         self.post_message(SummaryLoaded(summary))
 
@@ -204,6 +209,10 @@ class FleetApp(App[None]):
         elif name == "health":
             self.push_screen(HealthScreen(self.registry, self.selected_group,
                                           self.settings, clock=self.clock))
+        elif name == "alerts":
+            self.push_screen(AlertsScreen(
+                self.registry, Actor(self.settings.operator, self.settings.role),
+                read_only=self.read_only))
         elif name in PLACEHOLDER_VIEWS:
             self.push_screen(PlaceholderScreen(name))
 

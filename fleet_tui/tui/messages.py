@@ -17,11 +17,16 @@ class FleetSummary:
     devices: int
     online: int
     unhealthy: int
+    rollouts: int | None = None  # in flight; None: not known
+    alerts: int | None = None  # open alerts; None: not known
 
     def __str__(self) -> str:
-        # Rollouts in flight come with the rollout engine's views; until then a dash.
-        return (f"{self.devices} devices · {self.online} on · {self.unhealthy} unhealthy"
-                " · rollouts –")  # noqa: RUF001 (an en dash: "none known")
+        rollouts = "–" if self.rollouts is None else str(self.rollouts)  # noqa: RUF001
+        text = (f"{self.devices} devices · {self.online} on · {self.unhealthy} unhealthy"
+                f" · rollouts {rollouts}")
+        if self.alerts:
+            text += f" · {self.alerts} alerts"
+        return text
 
 
 @dataclass(slots=True)

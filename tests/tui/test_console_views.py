@@ -9,6 +9,7 @@ from textual.widgets import Input, OptionList, Sparkline, Static
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.client import ServiceError
 from fleet_tui.tui.app import FleetApp
+from fleet_tui.tui.screens.alerts import AlertsScreen
 from fleet_tui.tui.screens.device import DeviceScreen
 from fleet_tui.tui.screens.edit_desired import EditDesiredScreen
 from fleet_tui.tui.screens.group_editor import GroupEditorScreen
@@ -254,7 +255,10 @@ async def test_views_of_later_issues_are_placeholders(make_app: AppFactory) -> N
             await settle(pilot)
             assert isinstance(app.screen, PlaceholderScreen) and app.screen.view == view
             await pilot.press("escape")
-        assert "rollouts –" in app.sub_title  # noqa: RUF001
+        assert "rollouts 0" in app.sub_title  # the engine's count: none in flight
+        await pilot.press("colon", *"alerts", "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, AlertsScreen)
 
 
 async def test_empty_registry_shows_empty_views(make_app: AppFactory,

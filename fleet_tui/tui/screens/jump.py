@@ -17,6 +17,7 @@ VIEWS: dict[str, str] = {
     "rollouts": "firmware rollouts",
     "jobs": "bulk commands",
     "audit": "the audit log",
+    "alerts": "open alerts and the policies that raise them",
 }
 
 
