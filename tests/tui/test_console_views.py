@@ -209,6 +209,25 @@ async def test_health_view_shows_sparklines_anomalies_and_gone_dark(
         assert isinstance(app.screen, DeviceScreen) and app.screen.device_id == GONE_DARK
 
 
+async def test_health_view_counts_open_and_recent_alerts(make_app: AppFactory) -> None:
+    from fleet_tui.domain.alerts import AlertSignal
+    from fleet_tui.service.alerts import apply_signals
+
+    app = make_app()
+    with app.registry.locked() as conn:
+        apply_signals(app.registry, conn, [AlertSignal(
+            "gone_dark", GONE_DARK, "warning", "silent for 3 intervals")], app.clock(),
+            may_resolve=lambda key: True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "1 alerts" in app.sub_title
+        await pilot.press("colon", *"health", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, HealthScreen)
+        assert screen.counts["alerts open"] == 1 and screen.counts["recent alerts"] == 1
+
+
 async def test_keymap_from_the_config_rebinds_keys(make_app: AppFactory) -> None:
     app = make_app(keymap={"app.jump": "ctrl+j", "devices.sort": "o"})
     async with app.run_test(size=(80, 24)) as pilot:

@@ -26,6 +26,7 @@ from fleet_tui.config import Settings
 from fleet_tui.domain.health import is_gone_dark
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.registry.registry import Registry
+from fleet_tui.service.alerts import list_alerts, recent_alert_counts
 from fleet_tui.service.health_report import group_health_report
 from fleet_tui.tui.screens.device import bucket_means
 
@@ -42,6 +43,8 @@ class HealthData:
     series: dict[str, list[float]] = field(default_factory=dict)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     gone_dark: list[tuple[str, float]] = field(default_factory=list)  # id, last seen
+    alerts_recent: int = 0  # raised in the last automation.recent_alerts_s
+    alerts_open: int = 0
 
 
 class HealthScreen(Screen[None]):
@@ -124,6 +127,15 @@ class HealthScreen(Screen[None]):
             series = {m: bucket_means(registry.metric_series(m, width, now - length, now,
                                                              group=self.group))
                       for m in METRICS}
+            window = self.settings.automation.recent_alerts_s
+            if self.group is not None:
+                alerts_recent = recent_alert_counts(registry, window_s=window,
+                                                    now=now).get(self.group, 0)
+            else:  # the whole fleet: alerts of no group count too
+                alerts_recent = sum(1 for a in list_alerts(registry, limit=10_000)
+                                    if a.last_seen >= now - window)
+            alerts_open = len(list_alerts(registry, status="open", group=self.group,
+                                          limit=10_000))
         except RegistryError as err:
             self.post_message(self.Loaded(HealthData(), str(err)))
             return
@@ -138,7 +150,7 @@ class HealthScreen(Screen[None]):
         anomalies = list(strongest.values())
         self.post_message(self.Loaded(HealthData(
             Counter(r[1] for r in records), Counter(r[2] for r in records), series,
-            anomalies, sorted(gone, key=lambda g: g[1]))))
+            anomalies, sorted(gone, key=lambda g: g[1]), alerts_recent, alerts_open)))
 
     def on_health_screen_loaded(self, message: Loaded) -> None:
         counts = self.query_one("#health-counts", Static)
@@ -150,10 +162,13 @@ class HealthScreen(Screen[None]):
         self.counts |= {state or "no telemetry": data.health[state] for state in HEALTH_ORDER}
         self.counts["gone dark"] = len(data.gone_dark)
         self.counts["anomalies"] = len(data.anomalies)
+        self.counts["alerts open"] = data.alerts_open
+        self.counts["recent alerts"] = data.alerts_recent
         table = Table(box=None, show_header=False, pad_edge=False)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(justify="right")
-        styles = {"unhealthy": "bold red", "degraded": "yellow", "gone dark": "bold red"}
+        styles = {"unhealthy": "bold red", "degraded": "yellow", "gone dark": "bold red",
+                  "alerts open": "bold red"}
         for label, count in self.counts.items():
             table.add_row(Text(label, style=styles.get(label, "")), str(count))
         counts.update(table)
