@@ -79,6 +79,9 @@ class JobsSettings:
     firmware_base_url: str = ""
     # Run the job/rollout engine in `serve` (off: shadows and telemetry only).
     engine: bool = True
+    # Executions released per tick at most; a larger release goes on in the next tick at
+    # once, so the first devices hear within a tick and publishing overlaps the next SQL.
+    max_release_per_tick: int = 5000
 
 
 @dataclass

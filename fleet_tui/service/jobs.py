@@ -86,6 +86,8 @@ class TickResult:
     desired: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # thing -> OTA
     changed_jobs: set[str] = field(default_factory=set)
     duration_s: float = 0.0
+    release_left: int = 0  # of this tick's release cap; 0 with more to release: tick again
+    more: bool = False  # a release was cut short by the cap
 
 
 def _now_ms(now: float) -> int:
@@ -146,6 +148,8 @@ class JobsEngine:
     async def run(self, publish: Publisher, stop: asyncio.Event) -> None:
         last_tick = 0.0
         last_lease = 0.0
+        more = False
+        self._wakeup.set()  # take the lease at once, not a quarter tick later
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.tick_s / 4)
@@ -162,9 +166,11 @@ class JobsEngine:
                     if self.is_leader:
                         out = await asyncio.to_thread(self.serve_requests, batch, now)
                         await publish(out)
-                if self.is_leader and now - last_tick >= self.tick_s:
+                if self.is_leader and (more or now - last_tick >= self.tick_s):
                     last_tick = now
-                    await self.tick_and_publish(publish, now)
+                    more = (await self.tick_and_publish(publish, now)).more
+                    if more:
+                        self._wakeup.set()
             except Exception:
                 log.exception("job engine step failed; retrying")
         if self.is_leader:
@@ -242,11 +248,11 @@ class JobsEngine:
     def apply_desired(self, desired: dict[str, dict[str, Any] | None]) -> None:
         """Write OTA desired state through the shadow service (its own batching and
         durability apply: the device gets its delta once the document is stored)."""
+        token = f"fleet-engine-{_now_ms(self.clock())}"
         for thing, ota in desired.items():
             state = ota if ota is not None else dict.fromkeys(OTA_KEYS)
-            payload = orjson.dumps({"state": {"desired": state},
-                                    "clientToken": f"fleet-engine-{_now_ms(self.clock())}"})
-            self.shadows.handle_internal(thing, payload)
+            self.shadows.handle_internal(thing, {"state": {"desired": state},
+                                                 "clientToken": token})
 
     def _evaluate(self, thing: str, w: Watch, now: float
                   ) -> tuple[str, dict[str, Any]] | None:
@@ -301,7 +307,7 @@ class JobsEngine:
     def tick(self, now: float, dirty: set[str] | None = None) -> TickResult:
         """One engine step in one locked transaction; returns what to publish."""
         started = time.perf_counter()
-        result = TickResult()
+        result = TickResult(release_left=max(1, self.settings.jobs.max_release_per_tick))
         dirty = set(dirty or ())
         dirty.update(t for t, w in self.watch.items()
                      if w.healthy_since is not None and now - w.healthy_since >= w.soak_s)
@@ -392,7 +398,10 @@ class JobsEngine:
                                              stats.notified, counts.get(SUCCEEDED, 0))
             # A device outside its group's maintenance window is not released: it waits.
             allow = self.release_gate(conn, job, now) if self.release_gate else None
+            if budget > result.release_left:
+                budget, result.more = result.release_left, True
             released = store.release(conn, job.id, budget, now, start=shadow, allow=allow)
+            result.release_left -= len(released)
             if released:
                 result.changed_jobs.add(job.id)
             desired: dict[str, dict[str, Any]] = {}

@@ -107,6 +107,9 @@ class MqttSession:
         while not stop.is_set():
             try:
                 async with self._make_client() as client:
+                    # paho formats a DEBUG line per packet even when nothing prints it (4%
+                    # of the service's CPU); lost connections still surface as MqttError.
+                    client._client.disable_logger()
                     self.client = client
                     for topic in self.subscriptions:
                         await client.subscribe(topic, qos=self.qos)

@@ -147,6 +147,25 @@ async def test_rate_limit_holds_across_an_engine_restart(
         assert notified() == 3
 
 
+async def test_a_release_over_the_per_tick_cap_goes_on_at_once_in_the_next_ticks(
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+    # With a 60 s tick only the cap's continuation ticks can release the rest in time.
+    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'c.db'}", tmp_path, base_url,
+                          tick_s=60.0) as rig:
+        rig.settings.jobs.max_release_per_tick = 5
+        job = _job(rig, "firmware_update", {"release": "2.4.1"}, timeout_s=600)
+        await rig.start_service()  # its first tick starts the release
+        executions = await rig.until(
+            lambda: all(e.notified_at for e in es) and es
+            if (es := rig.registry.jobs.executions(job)) else None, 15, "all 12 released")
+        ticks = sorted({e.notified_at for e in executions})
+        assert len(ticks) == 3  # 5 + 5 + 2
+        by_tick = [sorted(e.seq for e in executions if e.notified_at == t) for t in ticks]
+        assert [len(b) for b in by_tick] == [5, 5, 2]
+        assert by_tick[0][-1] < by_tick[1][0] < by_tick[2][0]  # in queue order
+        assert len(rig.service.jobs.watch) == 12 if rig.service else False
+
+
 def _serve(rig: EngineRig, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLEET_TUI_CONFIG": str(log.parent / "engine.toml")}
     (log.parent / "engine.toml").write_text(
