@@ -52,6 +52,7 @@ from fleet_tui.tui.widgets.device_table import DeviceTable  # noqa: E402
 
 DATA = ROOT / "bench" / ".data"
 SIZE = (120, 40)
+NO_PACING = False  # --no-gc-pacing
 
 
 def rss_mb() -> float:
@@ -175,7 +176,7 @@ async def key_to_render(app: FleetApp, table: DeviceTable, key: str,
 async def measure(registry: Registry, load: ShadowLoad | None, presses: int) -> dict[str, Any]:
     settings = Settings(db="sqlite://")
     t0 = time.perf_counter()
-    app = FleetApp(settings, registry, load)
+    app = FleetApp(settings, registry, load, pace_gc=not NO_PACING)
     app.animation_level = "none"
     out: dict[str, Any] = {}
     async with app.run_test(size=SIZE) as pilot:
@@ -221,6 +222,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5000, help="shadow updates/s of the load")
     parser.add_argument("--presses", type=int, default=200)
     parser.add_argument("--no-gc", action="store_true", help="diagnosis: collector off")
+    parser.add_argument("--no-gc-pacing", action="store_true",
+                        help="diagnosis: the console's collector pacing off")
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="diagnosis: sys.setswitchinterval (GIL hand-over, default 5 ms)")
     args = parser.parse_args()
@@ -228,6 +231,8 @@ def main() -> int:
         sys.setswitchinterval(args.switch_interval)
     if args.no_gc:
         gc.disable()
+    global NO_PACING
+    NO_PACING = args.no_gc_pacing
 
     source = fleet_db(args.devices, args.seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -188,7 +188,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         broker_pid = broker.proc.pid if broker.proc is not None else None
         print(f"demo: broker {broker.kind} pid {broker_pid} on {settings.broker}, "
               f"simulator pid {sim.pid} ({args.devices} devices), workdir {workdir}", flush=True)
-        app = FleetApp(settings, registry, service)
+        app = FleetApp(settings, registry, service, pace_gc=True)
         app.exit_after = args.exit_after
         app.run(headless=args.headless)  # quitting stops the service (the app's bridge)
     finally:

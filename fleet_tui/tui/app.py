@@ -24,6 +24,7 @@ from fleet_tui.registry.registry import Registry
 from fleet_tui.service.alerts import open_alert_summary
 from fleet_tui.service.job_control import Actor
 from fleet_tui.tui.commands import FleetCommands
+from fleet_tui.tui.gc_pacing import GcPacing
 from fleet_tui.tui.live import ClientShadowWriter, RunnableService, ServiceBridge, ShadowWriter
 from fleet_tui.tui.messages import FleetSummary, FleetUpdated, SummaryLoaded
 from fleet_tui.tui.screens.alerts import AlertsScreen
@@ -67,6 +68,7 @@ class FleetApp(App[None]):
         *,
         clock: Callable[[], float] = time.time,
         writer: ShadowWriter | None = None,
+        pace_gc: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -82,6 +84,8 @@ class FleetApp(App[None]):
         self.selected_group: str | None = None
         self._summary_at = 0.0
         self.exit_after: float | None = None  # quit after this many seconds (smoke tests)
+        # Off in tests: a frozen heap would keep every finished test app until a sweep.
+        self.gc_pacing = GcPacing() if pace_gc else None
         if settings.keymap:
             self.set_keymap(settings.keymap)
 
@@ -107,10 +111,16 @@ class FleetApp(App[None]):
             self.bridge.start()
         if self.exit_after is not None:
             self.set_timer(self.exit_after, self.exit)
+        if self.gc_pacing is not None:
+            pacing = self.gc_pacing
+            pacing.start()
+            self.set_interval(pacing.freeze_s, pacing.step)
 
     def on_unmount(self) -> None:
         if self.bridge is not None:
             self.bridge.stop()
+        if self.gc_pacing is not None:
+            self.gc_pacing.stop()
 
     # ----------------------------------------------------------------- summary
 

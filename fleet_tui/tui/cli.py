@@ -51,7 +51,7 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
 
         service = FleetService(settings, registry)
     try:
-        app = FleetApp(settings, registry, service)
+        app = FleetApp(settings, registry, service, pace_gc=True)
         app.exit_after = getattr(args, "exit_after", None)
         app.run(headless=getattr(args, "headless", False))
     finally:
