@@ -442,6 +442,19 @@ def _sections(desired: dict, reported: dict) -> dict[str, Json]:
     return node
 
 
+def stored_in_sync(data: Mapping[str, Json]) -> bool:
+    """Whether a stored document (:meth:`ShadowDocument.to_dict`, or a ``current`` of
+    ``/update/documents``) has converged: its delta is empty. Reads without copying."""
+    state = data.get("state")
+    if type(state) is not dict:
+        return True
+    desired = state.get("desired")
+    if type(desired) is not dict or not desired:
+        return True
+    reported = state.get("reported")
+    return not _delta(desired, reported if type(reported) is dict else {}, {})[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ShadowUpdate:
     """The outcome of an accepted update: the new document and the payloads to publish.

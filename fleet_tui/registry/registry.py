@@ -30,6 +30,7 @@ from fleet_tui.domain.query import (
     compile_ids,
     reported_attributes,
 )
+from fleet_tui.domain.shadow import stored_in_sync as shadow_in_sync
 from fleet_tui.domain.version import VersionError, is_version_field, parse_version, version_key
 from fleet_tui.registry import migrate
 from fleet_tui.registry.audit import AuditLog, locked_transaction
@@ -71,6 +72,8 @@ class DeviceRow:
     online: bool
     last_seen: float | None
     health: str | None
+    groups: tuple[str, ...] = ()  # static groups it is a member of, by name
+    in_sync: bool | None = None  # classic shadow's delta empty; None: no shadow yet
 
 
 @dataclass(slots=True)
@@ -173,6 +176,15 @@ def bulk_insert(conn: Connection, table: sa.Table, columns: Sequence[str],
         cursor.close()
 
 
+@lru_cache(maxsize=1024)
+def _parsed_query(text: str) -> GroupQuery | None:
+    """A stored group's query, parsed once (None: it no longer parses; it matches nothing)."""
+    try:
+        return GroupQuery.parse(text)
+    except QuerySyntaxError:
+        return None
+
+
 @lru_cache(maxsize=64)
 def _json_insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]) -> str:
     rows = sa.func.json_each(sa.bindparam("rows")).table_valued("value")
@@ -194,6 +206,7 @@ class Registry:
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
         self._count_statements: dict[Any, sa.Select[Any]] = {}
+        self._group_columns: tuple[tuple[tuple[str, str], ...], Any] | None = None
         self._count_sql: dict[int, tuple[sa.Select[Any], str, list[Any]]] = {}
 
     @classmethod
@@ -451,12 +464,80 @@ class Registry:
             .offset(offset)
             .limit(limit)
         )
+        nodes = self._load_groups()  # its own connection: before this one (SQLite :memory:)
         with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+            ids = [r.id for r in rows]
+            groups, in_sync = self._page_extras(conn, ids, nodes)
             return [
                 DeviceRow(r.id, r.hardware_rev, r.firmware_version, bool(r.online), r.last_seen,
-                          r.health)
-                for r in conn.execute(stmt)
+                          r.health, tuple(groups.get(r.id, ())), in_sync.get(r.id))
+                for r in rows
             ]
+
+    def _group_columns_statement(self, dynamic: tuple[tuple[str, str], ...]) -> Any:
+        """One statement with a column per dynamic group: the database evaluates every
+        group's query against a page's rows through its indexes. Built once per set of
+        group definitions (building it was most of a page's cost)."""
+        cached = self._group_columns
+        if cached is None or cached[0] != dynamic:
+            picks = [sa.case((_parsed_query(query).compile(self.target), 1),  # type: ignore[union-attr]
+                             else_=0).label(f"g{i}") for i, (_, query) in enumerate(dynamic)]
+            stmt = sa.select(DEVICE.c.id, *picks).where(
+                DEVICE.c.id.in_(sa.bindparam("ids", expanding=True)))
+            cached = self._group_columns = (dynamic, stmt)
+        return cached[1]
+
+    def _page_extras(self, conn: Connection, ids: list[str], nodes: dict[str, GroupNode]
+                     ) -> tuple[dict[str, list[str]], dict[str, bool]]:
+        """The groups and shadow convergence of one page of devices: a few indexed lookups
+        and the in-memory query evaluator over that page only, so a 100k-device table pays
+        for the rows it shows. A device's groups are its most specific ones (the deepest
+        static or dynamic groups it belongs to), by name."""
+        groups: dict[str, list[str]] = {}
+        in_sync: dict[str, bool] = {}
+        if not ids:
+            return groups, in_sync
+        shadows = sa.select(SHADOW.c.thing_id, SHADOW.c.document).where(
+            SHADOW.c.thing_id.in_(ids), SHADOW.c.name == "")
+        for thing, data in conn.execute(shadows):
+            if isinstance(data, dict) and data.get("exists", True):
+                in_sync[thing] = shadow_in_sync(data)
+        by_id = {n.id: n for n in nodes.values()}
+        depth: dict[str, int] = {}
+        for node in nodes.values():
+            d, parent = 0, node.parent_id
+            while parent is not None and parent in by_id and d < len(nodes):
+                d, parent = d + 1, by_id[parent].parent_id
+            depth[node.name] = d
+        found: dict[str, list[str]] = {}
+        members = (sa.select(MEMBER.c.device_id, GROUP.c.name)
+                   .join(GROUP, GROUP.c.id == MEMBER.c.group_id)
+                   .where(MEMBER.c.device_id.in_(ids)))
+        for device_id, name in conn.execute(members):
+            found.setdefault(device_id, []).append(name)
+        dynamic = tuple((n.name, n.query) for n in nodes.values()
+                        if n.kind == "dynamic" and n.query and _parsed_query(n.query))
+        if dynamic:
+            for row in conn.execute(self._group_columns_statement(dynamic), {"ids": ids}):
+                for i, (name, _) in enumerate(dynamic):
+                    if row[i + 1]:
+                        found.setdefault(row[0], []).append(name)
+        for device_id, names in found.items():
+            deepest = max(depth.get(n, 0) for n in names)
+            groups[device_id] = sorted(n for n in names if depth.get(n, 0) == deepest)
+        return groups, in_sync
+        members = (sa.select(MEMBER.c.device_id, GROUP.c.name)
+                   .join(GROUP, GROUP.c.id == MEMBER.c.group_id)
+                   .where(MEMBER.c.device_id.in_(ids)).order_by(GROUP.c.name))
+        for device_id, name in conn.execute(members):
+            groups.setdefault(device_id, []).append(name)
+        shadows = sa.select(SHADOW.c.thing_id, SHADOW.c.document).where(
+            SHADOW.c.thing_id.in_(ids), SHADOW.c.name == "")
+        for thing, data in conn.execute(shadows):
+            if isinstance(data, dict) and data.get("exists", True):
+                in_sync[thing] = shadow_in_sync(data)
+        return groups, in_sync
 
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
         if group is None and where:
@@ -541,20 +622,24 @@ class Registry:
     def device_records(self, ids: Sequence[str] | None = None) -> list[DeviceRecord]:
         """Full records (with tags), for the in-memory evaluator and planners."""
         with self.engine.connect() as conn:
-            dev_stmt = sa.select(DEVICE)
-            tag_stmt = sa.select(TAG.c.device_id, TAG.c.source, TAG.c.key, TAG.c.value)
-            if ids is not None:
-                dev_stmt = dev_stmt.where(DEVICE.c.id.in_(ids))
-                tag_stmt = tag_stmt.where(TAG.c.device_id.in_(ids))
-            records = {
-                r.id: DeviceRecord(r.id, r.firmware_version, r.hardware_rev, bool(r.online),
-                                   r.health)
-                for r in conn.execute(dev_stmt.order_by(DEVICE.c.id))
-            }
-            for t in conn.execute(tag_stmt):
-                rec = records.get(t.device_id)
-                if rec is not None:
-                    (rec.tags if t.source == SOURCE_OPERATOR else rec.reported)[t.key] = t.value
+            return self._device_records(conn, ids)
+
+    @staticmethod
+    def _device_records(conn: Connection, ids: Sequence[str] | None) -> list[DeviceRecord]:
+        dev_stmt = sa.select(DEVICE)
+        tag_stmt = sa.select(TAG.c.device_id, TAG.c.source, TAG.c.key, TAG.c.value)
+        if ids is not None:
+            dev_stmt = dev_stmt.where(DEVICE.c.id.in_(ids))
+            tag_stmt = tag_stmt.where(TAG.c.device_id.in_(ids))
+        records = {
+            r.id: DeviceRecord(r.id, r.firmware_version, r.hardware_rev, bool(r.online),
+                               r.health)
+            for r in conn.execute(dev_stmt.order_by(DEVICE.c.id))
+        }
+        for t in conn.execute(tag_stmt):
+            rec = records.get(t.device_id)
+            if rec is not None:
+                (rec.tags if t.source == SOURCE_OPERATOR else rec.reported)[t.key] = t.value
         return list(records.values())
 
     # ------------------------------------------------------------------- groups

@@ -142,7 +142,7 @@ class FleetApp(App[None]):
 
     def on_fleet_updated(self, message: FleetUpdated) -> None:
         batch = message.batch
-        self.query_one(DeviceTable).apply_live(batch.presence, batch.health)
+        self.query_one(DeviceTable).apply_live(batch.presence, batch.health, batch.shadows)
         if (batch.presence or batch.health) and (
                 time.monotonic() - self._summary_at >= SUMMARY_EVERY_S):
             self._summary_at = time.monotonic()

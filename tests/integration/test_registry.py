@@ -183,6 +183,32 @@ def test_paged_listing_is_ordered_and_stable(sample_registry: Registry) -> None:
     assert keys.index("2.0.4") < keys.index("2.1.2") < keys.index("2.2.0") < keys.index("2.3.0")
 
 
+def test_a_page_of_devices_carries_their_most_specific_groups_and_sync_state(
+        registry: Registry) -> None:
+    registry.add_devices([NewDevice(f"d{i}", "rev-a", "2.1.0", {"line": f"l{i % 2}"})
+                          for i in range(4)])
+    registry.create_group("site")
+    registry.create_group("line-0", query='tag.line = "l0"', parent="site")
+    registry.create_group("line-1", query='tag.line = "l1"', parent="site")
+    registry.create_group("bench", members=["d2"], parent="line-0")  # deeper than line-0
+    registry.create_group("spares", members=["d3"])  # a root: line-1 is more specific
+    registry.create_group("every-l1", query='tag.line = "l1"')  # a root: not shown
+    converged = {"state": {"desired": {"led": True}, "reported": {"led": True}}, "version": 2}
+    converging = {"state": {"desired": {"led": False}, "reported": {"led": True}},
+                  "version": 3}
+    registry.save_shadows([("d0", "", 2, converged), ("d1", "", 3, converging),
+                           ("d2", "", 1, {**converging, "exists": False}),
+                           ("d3", "cfg", 1, converging)])
+    rows = {r.id: r for r in registry.list_devices(limit=None)}
+    assert rows["d0"].groups == ("line-0",) and rows["d0"].in_sync is True
+    assert rows["d1"].groups == ("line-1",) and rows["d1"].in_sync is False
+    assert rows["d2"].groups == ("bench",) and rows["d2"].in_sync is None  # deleted shadow
+    assert rows["d3"].groups == ("line-1",) and rows["d3"].in_sync is None  # named only
+    # Equal depth: every one of them, by name.
+    registry.create_group("zz-more", query='tag.line = "l0"', parent="site")
+    assert registry.list_devices(limit=1)[0].groups == ("line-0", "zz-more")
+
+
 def test_reported_state_mirrors_into_queryable_attributes(registry: Registry) -> None:
     registry.add_devices([NewDevice("d1", "rev-a", "2.0.4")])
     registry.apply_reported({"d1": {"firmware_version": "2.10.0", "led_is_on": True,

@@ -21,6 +21,7 @@ from fleet_tui.tui.widgets.group_tree import GroupTree
 from tests.tui.conftest import (
     CONVERGING_DEVICE,
     GONE_DARK,
+    IN_SYNC_DEVICE,
     OLD_FIRMWARE_DEVICE,
     UNHEALTHY,
     AppFactory,
@@ -293,3 +294,31 @@ async def test_empty_registry_shows_empty_views(make_app: AppFactory,
         assert "no anomalies" in str(app.screen.query_one(OptionList).get_option_at_index(0)
                                      .prompt)
         _ = Static
+
+
+async def test_device_table_shows_each_devices_group_and_sync_state_live(
+        make_app: AppFactory, registry: Registry) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = app.query_one(DeviceTable)
+        converging, in_sync = table.row_at(0), table.row_at(1)
+        assert converging is not None and converging.id == CONVERGING_DEVICE
+        assert in_sync is not None and in_sync.id == IN_SYNC_DEVICE
+        assert converging.in_sync is False and in_sync.in_sync is True
+        assert table.row_at(2) is not None and table.row_at(2).in_sync is None  # type: ignore[union-attr]
+        line = registry.get_device(CONVERGING_DEVICE).tags["line"]
+        assert converging.groups == (line,)  # the line's dynamic group, not its site folder
+        header, first = table.render_line(0).text, table.render_line(1).text
+        assert "GROUP" in header and "SYNC" in header
+        assert line in first and "Δ" in first and "✓" in table.render_line(2).text
+        # The device reports what is desired: the row turns in sync without a reload.
+        current = {"state": {"desired": {"led_is_on": True},
+                             "reported": {"led_is_on": True}}, "version": 8}
+        table.apply_live({}, {}, {(CONVERGING_DEVICE, ""): {"current": current}})
+        await pilot.pause()
+        assert table.row_at(0).in_sync is True  # type: ignore[union-attr]
+        assert "✓" in table.render_line(1).text
+        table.apply_live({}, {}, {(CONVERGING_DEVICE, ""): {
+            "current": {"exists": False, "version": 8}}})
+        assert table.row_at(0).in_sync is None  # type: ignore[union-attr]

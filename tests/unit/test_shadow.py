@@ -24,6 +24,7 @@ from fleet_tui.domain.shadow import (
     no_shadow_error,
     parse_client_token,
     parse_request,
+    stored_in_sync,
     too_many_requests_error,
     validate_request,
 )
@@ -770,6 +771,8 @@ def test_delta_matches_the_reference_and_its_metadata_mirrors_it(history: list) 
     assert json_equal(doc.delta(), reference_delta(doc.desired, doc.reported))
     assert metadata_mirrors(doc.delta(), doc.delta_metadata())
     assert doc.in_sync == (doc.delta() == {})
+    # What the registry reads back for the device table says the same, stored or on the wire.
+    assert stored_in_sync(orjson.loads(orjson.dumps(doc.to_dict()))) == doc.in_sync
 
 
 @PROPS

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
@@ -26,6 +26,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from fleet_tui.domain.query import QuerySyntaxError
+from fleet_tui.domain.shadow import stored_in_sync
 from fleet_tui.registry.errors import RegistryError
 from fleet_tui.registry.registry import DeviceRow, Registry
 
@@ -45,18 +46,31 @@ class Column:
     key: str
     title: str
     width: int
+    sortable: bool = True  # by the registry's index; group and sync are per-page lookups
 
 
-COLUMNS: tuple[Column, ...] = (
+COLUMNS: tuple[Column, ...] = (  # the status columns first: 80 columns show them all
     Column("id", " ID", 13),
-    Column("firmware_version", "FIRMWARE", 9),
-    Column("hardware_rev", "HW", 6),
-    Column("online", "ON", 3),
+    Column("group", "GROUP", 10, sortable=False),
+    Column("firmware_version", "FIRMWARE", 8),
+    Column("hardware_rev", "HW", 5),
+    Column("online", "ON", 2),
+    Column("in_sync", "SYNC", 4, sortable=False),
     Column("health", "HEALTH", 9),
-    Column("last_seen", "SEEN", 5),
+    Column("last_seen", "SEEN", 4),
 )
-SORT_KEYS = tuple(c.key for c in COLUMNS)
+SORT_KEYS = tuple(c.key for c in COLUMNS if c.sortable)
+# In sync, converging (the device has not reported what is desired yet), no shadow yet.
+SYNC_CELLS: dict[bool | None, tuple[str, Style | None]] = {
+    True: ("✓", Style(color="green")), False: ("Δ", Style(color="yellow")), None: ("-", None)}
 HEALTH_STYLES = {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}
+
+
+def _in_sync(current: object, before: bool | None) -> bool | None:
+    """Convergence from a ``current`` document of a live batch (None: deleted)."""
+    if not isinstance(current, Mapping):
+        return before
+    return None if current.get("exists") is False else stored_in_sync(current)
 
 
 def format_age(ts: float | None, now: float) -> str:
@@ -203,19 +217,27 @@ class DeviceTable(ScrollView, can_focus=True):
         offset = index % self.PAGE_SIZE
         return page[offset] if offset < len(page) else None
 
-    def apply_live(self, presence: dict[str, bool], health: dict[str, str]) -> None:
-        """Patch loaded rows with live presence and health (the next page load re-reads)."""
-        if not presence and not health:
+    def apply_live(self, presence: Mapping[str, bool], health: Mapping[str, str],
+                   shadows: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
+        """Patch loaded rows with live presence, health and shadow convergence (from the
+        classic shadows' ``/update/documents``); the next page load re-reads."""
+        synced: dict[str, Mapping[str, Any]] = {
+            thing: documents for (thing, name), documents in (shadows or {}).items()
+            if name == ""}
+        if not presence and not health and not synced:
             return
         changed = False
         for rows in self._pages.values():
             for i, row in enumerate(rows):
-                if row.id in presence or row.id in health:
+                if row.id in presence or row.id in health or row.id in synced:
+                    documents = synced.get(row.id)
+                    current = documents.get("current") if documents else None
                     rows[i] = dataclasses.replace(
                         row,
                         online=presence.get(row.id, row.online),
                         health=health.get(row.id, row.health),
                         last_seen=self.clock() if row.id in presence else row.last_seen,
+                        in_sync=_in_sync(current, row.in_sync),
                     )
                     changed = True
         if changed:
@@ -373,8 +395,13 @@ class DeviceTable(ScrollView, can_focus=True):
 
     def _cells(self, row: DeviceRow) -> list[tuple[str, Style | None]]:
         mark = "✓" if row.id in self.selected else " "
+        group = row.groups[0] if row.groups else "-"
+        if len(row.groups) > 1:
+            group = f"{group[:7]}+{len(row.groups) - 1}"
         values: dict[str, tuple[str, Style | None]] = {
             "id": (mark + row.id, Style(bold=True) if mark != " " else None),
+            "group": (group, None),
+            "in_sync": SYNC_CELLS[row.in_sync],
             "firmware_version": (row.firmware_version or "-", None),
             "hardware_rev": (row.hardware_rev or "-", None),
             "online": ("●" if row.online else "○",
