@@ -749,3 +749,33 @@ class GroupQuery:
 
     def filter(self, records: Sequence[DeviceRecord]) -> list[DeviceRecord]:
         return [r for r in records if evaluate(self.ast, r)]
+
+
+class GroupMatcher:
+    """Which of many groups' queries a device matches: the device table asks this for
+    every row it shows. A query that is one ``tag.KEY = "value"`` test (most groups of a
+    fleet: a site, a line, a ring) is answered by one dictionary lookup per tag of the
+    device; the others are evaluated in full. Same answers as :meth:`GroupQuery.matches`."""
+
+    def __init__(self, queries: Sequence[tuple[str, GroupQuery]]) -> None:
+        self.names = [name for name, _ in queries]
+        self._by_tag: dict[tuple[str, str], list[int]] = {}
+        self._general: list[tuple[int, GroupQuery]] = []
+        for i, (_, query) in enumerate(queries):
+            node = query.ast
+            if (isinstance(node, Compare) and node.op == "=" and node.field.kind == "tag"
+                    and (plan := _plan(node.field, "=", node.value)).target == "text"):
+                self._by_tag.setdefault((node.field.name, plan.operand), []).append(i)
+            else:
+                self._general.append((i, query))
+
+    def matching(self, record: DeviceRecord) -> list[str]:
+        """Names of the groups whose query ``record`` matches, in the order given."""
+        hits: list[int] = []
+        if self._by_tag:
+            for key, raw in record.tags.items():
+                stored = attribute_value(raw)
+                if stored is not None:
+                    hits += self._by_tag.get((key, stored[0]), ())
+        hits += [i for i, query in self._general if query.matches(record)]
+        return [self.names[i] for i in sorted(hits)]

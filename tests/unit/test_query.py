@@ -13,6 +13,7 @@ from fleet_tui.domain.query import (
     And,
     Compare,
     DeviceRecord,
+    GroupMatcher,
     GroupQuery,
     In,
     Not,
@@ -259,3 +260,16 @@ def test_sql_metacharacters_in_values_are_data_never_sql(
     if len(value) > 1:
         assert value not in str(compiled)
     assert memory_registry.count_devices() == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleet=fleets(), texts=st.lists(st.one_of(queries, st.sampled_from(
+    [f"tag.{k} = {v}" for k, vs in FIELD_VALUES.items() if k.startswith("tag.")
+     for v in vs])), min_size=1, max_size=10))
+def test_group_matcher_agrees_with_each_querys_own_evaluation(
+        fleet: list[DeviceRecord], texts: list[str]) -> None:
+    parsed = [(f"g{i}", GroupQuery.parse(t)) for i, t in enumerate(texts) if _parses(t)]
+    assume(parsed)
+    matcher = GroupMatcher(parsed)
+    for record in fleet:
+        assert matcher.matching(record) == [name for name, q in parsed if q.matches(record)]

@@ -287,6 +287,7 @@ class DeviceTable(ScrollView, can_focus=True):
         self.scroll_to(0, 0, animate=False)
         if message.total:
             self._request_page(0)
+            self._prefetch(0)
         self.refresh()
         self.post_message(self.Loaded(self, message.device_query, message.total))
 
@@ -363,7 +364,18 @@ class DeviceTable(ScrollView, can_focus=True):
             self.scroll_to(y=new, animate=False)
         elif new >= top + self._body_height:
             self.scroll_to(y=new - self._body_height + 1, animate=False)
+        self._prefetch(new)
         self.refresh()
+
+    def _prefetch(self, index: int) -> None:
+        """Load the pages a screen either side of ``index`` before they are shown, so
+        paging lands on rows that are already there (a page costs a few ms of queries)."""
+        if not self.total:
+            return
+        reach = 2 * self._body_height
+        for i in (index - reach, index + reach):
+            if 0 <= i < self.total:
+                self._request_page(i // self.PAGE_SIZE)
 
     # -------------------------------------------------------------------- render
 
