@@ -14,6 +14,7 @@ from fleet_tui.config import Settings
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from fleet_tui.gc_pacing import pace_gc
     from fleet_tui.registry.registry import Registry
     from fleet_tui.service.fleet_service import FleetService, service_client_id
 
@@ -32,7 +33,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("fleet_tui").info(
             "serving shadows on %s (prefix %s), registry %s", settings.broker,
             settings.shadow_prefix, settings.db)
+        pacing = asyncio.create_task(pace_gc(stop))  # p99 latency: no long full collections
         await service.run(stop)
+        stop.set()
+        await pacing
 
     asyncio.run(main())
     logging.getLogger("fleet_tui").info("stopped cleanly: %s", service.stats())

@@ -20,11 +20,11 @@ from textual.dom import DOMNode
 from textual.widgets import Footer, Header, Static
 
 from fleet_tui.config import Settings
+from fleet_tui.gc_pacing import GcPacing
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.alerts import open_alert_summary
 from fleet_tui.service.job_control import Actor
 from fleet_tui.tui.commands import FleetCommands
-from fleet_tui.tui.gc_pacing import GcPacing
 from fleet_tui.tui.live import ClientShadowWriter, RunnableService, ServiceBridge, ShadowWriter
 from fleet_tui.tui.messages import FleetSummary, FleetUpdated, SummaryLoaded
 from fleet_tui.tui.screens.alerts import AlertsScreen

@@ -3,10 +3,11 @@ by the periodic sweep, and stopping hands everything back to the collector."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 
-from fleet_tui.tui.gc_pacing import GcPacing
+from fleet_tui.gc_pacing import GcPacing, pace_gc
 
 
 class Node:
@@ -49,3 +50,13 @@ def test_inactive_pacing_leaves_the_collector_alone() -> None:
     pacing.step()
     assert gc.get_freeze_count() == 0
     pacing.stop()
+
+
+async def test_serve_paces_on_its_event_loop_until_stopped() -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(pace_gc(stop, GcPacing(freeze_s=0.01)))
+    await asyncio.sleep(0.05)
+    assert gc.get_freeze_count() > 0
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert gc.get_freeze_count() == 0

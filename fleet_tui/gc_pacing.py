@@ -1,5 +1,5 @@
-"""Garbage-collector pacing for the console's process, where the embedded service churns
-through shadow documents on another thread.
+"""Garbage-collector pacing for a long-running process holding many shadow documents: the
+console (whose embedded service churns through documents on another thread) and `serve`.
 
 A full (generation 2) collection walks every tracked object while holding the GIL: with a
 100k-device fleet under 5,000 shadow updates/s those pauses reached 150-280 ms and were
@@ -11,6 +11,7 @@ frozen meanwhile are reclaimed by an unfreeze and a full collection every ``swee
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
@@ -42,3 +43,17 @@ class GcPacing:
         if self.active:
             gc.unfreeze()  # let what the console held be collected as usual
             self.active = False
+
+
+async def pace_gc(stop: asyncio.Event, pacing: GcPacing | None = None) -> None:
+    """Run ``pacing`` on this event loop until ``stop`` (for `serve`)."""
+    pacing = pacing or GcPacing()
+    pacing.start()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), pacing.freeze_s)
+            except TimeoutError:
+                pacing.step()
+    finally:
+        pacing.stop()
