@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_tui.config import Settings  # noqa: E402
 from fleet_tui.domain.jobs import JobSettings  # noqa: E402
+from fleet_tui.gc_pacing import pace_gc  # noqa: E402
 from fleet_tui.registry.registry import NewDevice, Registry, ReleaseInfo  # noqa: E402
 from fleet_tui.service.fleet_service import FleetService  # noqa: E402
 from fleet_tui.service.job_control import Actor, Target, create_job, plan_job  # noqa: E402
@@ -131,6 +132,7 @@ async def engine_run(broker: Mosquitto, n: int, workdir: Path) -> dict[str, floa
     service = FleetService(settings, registry, client_id="fanout-service")
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
+    pacing = asyncio.create_task(pace_gc(stop))  # as `fleet-tui serve` runs it
     await asyncio.wait_for(service.session.connected.wait(), 10)
     while not service.jobs.is_leader:
         await asyncio.sleep(0.1)
@@ -180,6 +182,7 @@ async def engine_run(broker: Mosquitto, n: int, workdir: Path) -> dict[str, floa
         idle.append(result.duration_s * 1000)
     stop.set()
     await asyncio.wait_for(task, 120)
+    await pacing
     registry.close()
     busy = [t for t in ticks if t > 0]
     return {"notified_s": notified["last"] - started, "acked_s": acked - started,
