@@ -136,7 +136,7 @@ class JobExecution(SQLModel, table=True):
         sa.Index("ix_job_execution_notified", "job_id", "notified_at"),
         sa.Index("ix_job_execution_state", "status", "job_id"),
         # Timeouts: a job's in-progress executions by start time, without a scan.
-        sa.Index("ix_job_execution_started", "job_id", "status", "started_at"),
+        sa.Index("ix_job_execution_started", "job_id", "status", "started_at", "notified_at"),
     )
 
     job_id: str = Field(
