@@ -373,6 +373,11 @@ class RolloutEngine:
         verdict = evaluate_wave(gates, wave.name, counts, [facts[d] for d in updated_ids],
                                 [facts[d] for d in baseline_ids])
         if verdict.decision == "continue":
+            # The evidence as it accrues, for the console's monitor (written only when it
+            # changed: one small row per rollout, not one per tick).
+            if verdict.evidence != wave.evidence:
+                self.registry.rollouts.update_wave(conn, rollout.id, wave.index,
+                                                   evidence=verdict.evidence)
             return
         if verdict.decision == "halt":
             if wave.job_id:
