@@ -4,6 +4,7 @@ one rollout. Read-only; built on the job executions the engine keeps up to date.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from fleet_tui.domain.jobs import (
 from fleet_tui.registry.audit import AuditRecord
 from fleet_tui.registry.registry import Registry
 from fleet_tui.registry.rollouts_store import RolloutRow
+from fleet_tui.registry.targets import resolve_targets
 
 PROGRESS_STATES = ("queued", "downloading", "applying", "confirmed", "failed", "rolled back")
 # In-progress phases the firmware engine notes (``status_details.phase``) past the download.
@@ -34,6 +36,7 @@ class WaveProgress:
     approvals: list[str]
     evidence: dict[str, Any] | None
     counts: dict[str, int] = field(default_factory=dict)  # PROGRESS_STATES -> devices
+    failed_by_hardware: dict[str, int] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -49,6 +52,7 @@ def wave_progress(registry: Registry, rollout: RolloutRow) -> list[WaveProgress]
     counts = registry.jobs.counts([*job_ids, rollback_id])
     reverted = {e.device_id for e in registry.jobs.executions(rollback_id, status=[SUCCEEDED])}
     out: list[WaveProgress] = []
+    failed_ids: dict[int, list[str]] = {}
     for w in rollout.waves:
         p = WaveProgress(w.index, w.name, w.status, len(w.device_ids), list(w.approvals),
                          w.evidence, dict.fromkeys(PROGRESS_STATES, 0))
@@ -68,10 +72,16 @@ def wave_progress(registry: Registry, rollout: RolloutRow) -> list[WaveProgress]
             elif e.status == FAILED:
                 key = "rolled back" if "rolled back" in str(details.get("reason")) else "failed"
                 p.counts[key] += 1
+                failed_ids.setdefault(w.index, []).append(e.device_id)
             elif str(details.get("phase", "")) in APPLYING_PHASES:
                 p.counts["applying"] += 1
             else:
                 p.counts["downloading"] += 1
+    if failed_ids:
+        hardware = {r.id: r.hardware_rev or "?" for r in resolve_targets(
+            registry, device_ids=[d for ids in failed_ids.values() for d in ids])}
+        for index, ids in failed_ids.items():
+            out[index].failed_by_hardware = dict(Counter(hardware.get(d, "?") for d in ids))
     return out
 
 

@@ -45,7 +45,8 @@ JOBS_CSS = """
 #jobs-status { height: auto; padding: 0 1; background: $boost; }
 JobCreateScreen, CancelJobScreen { align: center middle; }
 #job-form, #cancel-box {
-    width: 95%; max-width: 110; height: 90%; border: round $accent; padding: 0 1;
+    width: 95%; max-width: 110; height: auto; max-height: 95%; border: round $accent;
+    padding: 0 1;
     background: $panel;
 }
 #cancel-box { height: auto; border: round $warning; }

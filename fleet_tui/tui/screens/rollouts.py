@@ -55,6 +55,9 @@ STATUS_STYLE = {"RUNNING": "bold cyan", WAITING_APPROVAL: "bold yellow", HALTED:
 WAVE_MARK = {"PENDING": ("·", "dim"), "RUNNING": ("▶", "cyan"), "PASSED": ("✓", "green"),
              "FAILED": ("✗", "red"), "CANCELED": ("-", "dim")}
 SPARK = "▁▂▃▄▅▆▇█"
+# Short column labels: the ladder fits 80 columns (the help names them in full).
+LADDER_LABELS = {"queued": "queued", "downloading": "dload", "applying": "apply",
+                 "confirmed": "ok", "failed": "failed", "rolled back": "r/back"}
 HEALTH_CHECKS = (("offline_rate", "offline"), ("reboot_loop_rate", "reboot loops"),
                  ("anomaly_rate", "anomalies"))
 ACTION_ERRORS = (RolloutError, RoleError, JobError, RegistryError)
@@ -63,6 +66,7 @@ MONITOR_CSS = """
 #rollout-title, #rollout-reason, #rollout-approvals { height: auto; }
 #wave-ladder { height: auto; max-height: 12; }
 #rollout-evidence, #rollout-audit { height: auto; margin-top: 1; }
+#rollout-audit { text-wrap: nowrap; text-overflow: ellipsis; }
 #rollout-status { height: auto; padding: 0 1; background: $boost; }
 #rollouts-table { height: 1fr; }
 """
@@ -170,11 +174,12 @@ class RolloutMonitorScreen(Screen[None]):
     """One rollout, live."""
 
     DEFAULT_CSS = MONITOR_CSS
-    HELP = ("The rollout's waves (▶ running, ✓ passed, ✗ failed) with each wave's devices by "
-            "state, the gate evidence (updated cohort against the devices not yet updated; "
-            "the trend on the right), the halt reason, the audit entries. a approves the "
-            "next wave, h halts, r resumes, c cancels, R rolls back the updated devices "
-            "(both ask first). Esc goes back.")
+    HELP = ("The rollout's waves (▶ running, ✓ passed, ✗ failed) with each wave's devices "
+            "by state (queued, dload: downloading, apply: applying, ok: confirmed, failed, "
+            "r/back: rolled back), the gate evidence (updated cohort against the devices "
+            "not yet updated; the trend on the right), the halt reason, the audit entries. "
+            "a approves the next wave, h halts, r resumes, c cancels, R rolls back the "
+            "updated devices (both ask first). Esc goes back.")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.go_back", "Back", id="monitor.back"),
         Binding("a", "rollout('approve')", "Approve", id="monitor.approve"),
@@ -224,8 +229,9 @@ class RolloutMonitorScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("wave", "state", "devices", "progress",
-                                              *PROGRESS_STATES, "approvals")
+        self.query_one(DataTable).add_columns("wave", "dev", "progress",
+                                              *(LADDER_LABELS[s] for s in PROGRESS_STATES),
+                                              "approvals")
         self.reload()
         self.set_interval(REFRESH_S, self.reload)
 
@@ -268,9 +274,8 @@ class RolloutMonitorScreen(Screen[None]):
         table.clear()
         for w in waves:
             mark, style = WAVE_MARK.get(w.status, ("?", ""))
-            cells: list[Any] = [Text(f"{mark} {w.name}", style=style),
-                                Text(w.status.lower(), style=style), str(w.devices),
-                                Text(progress_bar(w.done, w.devices), style=style)]
+            cells: list[Any] = [Text(f"{mark} {w.name}", style=style), str(w.devices),
+                                Text(progress_bar(w.done, w.devices, 8), style=style)]
             for state in PROGRESS_STATES:
                 n = w.counts.get(state, 0)
                 bad = state in ("failed", "rolled back") and n
@@ -314,6 +319,10 @@ class RolloutMonitorScreen(Screen[None]):
                                      style="bold red" if failed and share >= threshold
                                      else ""), "", f"< {threshold:.0%}",
                       self._trend(index, "failed", share))
+        by_hw = waves[index].failed_by_hardware
+        if by_hw:
+            table.add_row("failed on", Text(" ".join(f"{hw}:{n}" for hw, n in sorted(
+                by_hw.items())), style="bold red"), "", "", "")
         health = evidence.get("health") or {}
         for key, label in HEALTH_CHECKS:
             figures = health.get(key)
@@ -324,10 +333,17 @@ class RolloutMonitorScreen(Screen[None]):
             bad = updated - base > limit
             table.add_row(label, Text(f"{updated:.0%}", style="bold red" if bad else ""),
                           f"{base:.0%}", f"+{limit:.0%}", self._trend(index, key, updated))
+        bounds = {m.metric: m for m in Gates.from_dict(r.gates).metrics}
         for key, figures in health.items():
             if key.startswith("metric:") and isinstance(figures, dict):
+                gate = bounds.get(key[7:])
+                limit = ""
+                if gate is not None:
+                    limit = " ".join(b for b in (
+                        f">={gate.min_ratio:g}x" if gate.min_ratio is not None else "",
+                        f"<={gate.max_ratio:g}x" if gate.max_ratio is not None else "") if b)
                 table.add_row(key[7:], f"{figures['updated']:g}", f"{figures['baseline']:g}",
-                              f"x{figures['ratio']:g}",
+                              f"{limit} (now {figures['ratio']:.2f}x)",
                               self._trend(index, key, float(figures["updated"])))
         if "note" in health:
             table.add_row(Text(health["note"], style="dim"), "", "", "", "")
@@ -335,7 +351,7 @@ class RolloutMonitorScreen(Screen[None]):
 
     def _trend(self, wave: int, key: str, value: float) -> str:
         series = self.history.setdefault((wave, key), [])
-        if not series or series[-1] != value or len(series) < 2:
+        if not series or series[-1] != value:
             series.append(value)
         del series[:-20]
         return sparkline(series)
