@@ -337,13 +337,13 @@ class RolloutMonitorScreen(Screen[None]):
         for key, figures in health.items():
             if key.startswith("metric:") and isinstance(figures, dict):
                 gate = bounds.get(key[7:])
-                limit = ""
+                bound = ""
                 if gate is not None:
-                    limit = " ".join(b for b in (
+                    bound = " ".join(b for b in (
                         f">={gate.min_ratio:g}x" if gate.min_ratio is not None else "",
                         f"<={gate.max_ratio:g}x" if gate.max_ratio is not None else "") if b)
                 table.add_row(key[7:], f"{figures['updated']:g}", f"{figures['baseline']:g}",
-                              f"{limit} (now {figures['ratio']:.2f}x)",
+                              f"{bound} (now {figures['ratio']:.2f}x)",
                               self._trend(index, key, float(figures["updated"])))
         if "note" in health:
             table.add_row(Text(health["note"], style="dim"), "", "", "", "")
