@@ -40,14 +40,14 @@ async def press(pilot: Pilot[None], *keys: str) -> None:
 
 
 async def plan_and_start(app: FleetApp, pilot: Pilot[None], release_keys: tuple[str, ...],
-                         version: str) -> RolloutRow:
-    """The wizard, by keys: release, group plant, waves 10,50,100, 1 s soak, no rate
-    limit, then the flight plan and the typed confirmation."""
+                         version: str, group: str = "plant") -> RolloutRow:
+    """The wizard, by keys: release, group, waves 10,50,100, 1 s soak, no rate limit,
+    then the flight plan and the typed confirmation."""
     await press(pilot, "colon", *"rollouts", "enter", "n")
     assert isinstance(app.screen, RolloutWizardScreen)
     await press(pilot, *release_keys, "enter")
     assert app.screen.release == version
-    await press(pilot, *"plant", "enter")
+    await press(pilot, *group, "enter")
     await press(pilot, *"10,50,100", "enter", "enter", "enter", "1", "enter", "enter",
                 "enter")
     await press(pilot, "backspace", "enter", "enter", *"60", "enter")
