@@ -67,6 +67,19 @@ async def test_wizard_plans_and_starts_only_with_the_typed_release_version(
         assert "rollout.start" in static_text(app, "#rollout-audit")
 
 
+async def test_enter_on_the_rollouts_list_opens_the_monitor(
+        make_app: AppFactory, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    rollout = seed(registry, "halted", monkeypatch)
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await press(pilot, "colon", *"rollouts", "enter", "enter")
+        assert isinstance(app.screen, RolloutMonitorScreen)
+        assert app.screen.rollout_id == rollout
+        await press(pilot, "escape")
+        assert isinstance(app.screen, RolloutsScreen)
+
+
 async def test_monitor_keys_approve_halt_resume_cancel_and_audit_at_once(
         make_app: AppFactory, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     rollout = seed(registry, "waiting_approval", monkeypatch)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -152,6 +152,10 @@ class RolloutsScreen(Screen[None]):
         else:
             self.query_one("#rollout-status", Static).update(
                 "no rollouts yet: n plans one")
+
+    @on(DataTable.RowSelected, "#rollouts-table")
+    def _row_selected(self) -> None:
+        self.action_open()  # Enter on the table (the table's own binding takes the key)
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)
