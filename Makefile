@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test test-fast lint typecheck firmware bench system-deps clean
+.PHONY: run demo drill screens test test-fast lint typecheck firmware bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/fleet-tui demo
+
+# The bad-canary drill (README: "Walk-through"): 2.4.0 crash-loops on rev-b.
+drill: $(STAMP)
+	$(BIN)/fleet-tui demo --scenario bad-canary
+
+# The README's screenshots, from the snapshot tests (seeded data, fixed clock).
+screens: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/tui/test_rollout_snapshots.py --snapshot-update
+	$(BIN)/python scripts/render_screens.py
 
 system-deps:
 	./scripts/system-deps.sh

@@ -351,11 +351,13 @@ class RebootLoopDetector:
         self._last_uptime: int | None = None
         self._resets: deque[float] = deque()
 
-    def observe(self, ts: float, uptime_s: int) -> bool:
-        """Feed the next sample (arrival order); True when it shows a reset."""
+    def observe(self, ts: float, uptime_s: int, *, planned: bool = False) -> bool:
+        """Feed the next sample (arrival order); True when it shows a reset. A ``planned``
+        reset (the device says it restarted on purpose: an OTA apply, a reboot command)
+        is not counted towards a loop: three updates in ten minutes are not a crash loop."""
         reset = self._last_uptime is not None and uptime_s < self._last_uptime
         self._last_uptime = uptime_s
-        if reset:
+        if reset and not planned:
             self._resets.append(ts)
         self._prune(ts)
         return reset
@@ -368,6 +370,12 @@ class RebootLoopDetector:
     def in_loop(self, now: float) -> bool:
         """True when the device has reset ``min_resets`` times within the window."""
         return self.resets_in_window(now) >= self.min_resets
+
+    def in_loop_since(self, now: float, since: float) -> bool:
+        """As :meth:`in_loop`, counting only the resets at or after ``since`` (a rollout
+        wave's start: a crash loop on the release before is not this release's)."""
+        self._prune(now)
+        return sum(1 for t in self._resets if t >= since) >= self.min_resets
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s

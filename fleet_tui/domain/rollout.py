@@ -350,12 +350,14 @@ def evaluate_wave(
     failed_share = c["failed"] / n
     evidence["failed_share"] = round(failed_share, 4)
     evidence["error_threshold"] = gates.error_threshold
+    # The health comparison goes into the evidence even when the error gate decides, so
+    # the operator sees the whole picture of a halted wave.
+    failure, health = _health(gates, updated, baseline)
+    evidence["health"] = health
     if c["failed"] and failed_share >= gates.error_threshold:
         return GateVerdict("halt", (
             f"error gate: {c['failed']} of {n} devices in wave {wave_name} failed "
             f"({failed_share:.0%} >= {gates.error_threshold:.0%})"), evidence)
-    failure, health = _health(gates, updated, baseline)
-    evidence["health"] = health
     if failure is not None:
         return GateVerdict("halt", f"health gate, wave {wave_name}: {failure}", evidence)
     if c["in_flight"]:

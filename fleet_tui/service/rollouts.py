@@ -313,7 +313,10 @@ class RolloutEngine:
         self.registry = registry
         self.jobs = jobs_engine
 
-    def _facts(self, device_ids: Sequence[str], now: float) -> dict[str, CohortFacts]:
+    def _facts(self, device_ids: Sequence[str], now: float, since: float = 0.0
+               ) -> dict[str, CohortFacts]:
+        """Each device's health facts; reboot loops count the resets since ``since``
+        (the wave's start), for both cohorts alike."""
         presence, telemetry = self.jobs.presence, self.jobs.telemetry
         latest = {d: telemetry.latest[d][1] for d in device_ids if d in telemetry.latest}
         anomalous: set[str] = set()
@@ -327,7 +330,7 @@ class RolloutEngine:
             t = latest.get(d, {})
             out[d] = CohortFacts(
                 online=bool(presence.online.get(d)),
-                reboot_loop=bool(loop is not None and loop.in_loop(now)),
+                reboot_loop=bool(loop is not None and loop.in_loop_since(now, since)),
                 anomalous=d in anomalous,
                 metrics={m: float(t[m]) for m in GATE_METRICS
                          if isinstance(t.get(m), (int, float))})
@@ -369,10 +372,15 @@ class RolloutEngine:
                         for d in w.device_ids]
         updated_ids = _sample(updated_ids)
         baseline_ids = _sample(baseline_ids)
-        facts = self._facts(updated_ids + baseline_ids, now)
+        facts = self._facts(updated_ids + baseline_ids, now, wave.started_at or 0.0)
         verdict = evaluate_wave(gates, wave.name, counts, [facts[d] for d in updated_ids],
                                 [facts[d] for d in baseline_ids])
         if verdict.decision == "continue":
+            # The evidence as it accrues, for the console's monitor (written only when it
+            # changed: one small row per rollout, not one per tick).
+            if verdict.evidence != wave.evidence:
+                self.registry.rollouts.update_wave(conn, rollout.id, wave.index,
+                                                   evidence=verdict.evidence)
             return
         if verdict.decision == "halt":
             if wave.job_id:

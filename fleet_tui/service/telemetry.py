@@ -24,6 +24,7 @@ from fleet_tui.service.events import EventBus, TelemetryReceived
 
 log = logging.getLogger(__name__)
 WIDTHS = (60, 3600)
+PLANNED_RESET = "sw_reboot"  # the firmware's reset reason after an OTA apply or a reboot job
 BucketKey = tuple[str, str, int, int]  # device, metric, width, start
 
 
@@ -57,7 +58,8 @@ class TelemetryIngest:
             log.debug("bad telemetry from %s: %s", thing, err)
             return False
         detector = self.loops.setdefault(thing, RebootLoopDetector())
-        rebooted = detector.observe(now, sample.uptime_s)
+        rebooted = detector.observe(now, sample.uptime_s,
+                                    planned=sample.reset_reason == PLANNED_RESET)
         # Devices count errors since boot; health thresholds are per telemetry interval.
         previous = self.last_errors.get(thing)
         self.last_errors[thing] = sample.errors

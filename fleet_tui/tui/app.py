@@ -23,16 +23,18 @@ from fleet_tui.config import Settings
 from fleet_tui.gc_pacing import GcPacing
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.alerts import open_alert_summary
-from fleet_tui.service.job_control import Actor
+from fleet_tui.service.job_control import Actor, Target
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.live import ClientShadowWriter, RunnableService, ServiceBridge, ShadowWriter
 from fleet_tui.tui.messages import FleetSummary, FleetUpdated, SummaryLoaded
 from fleet_tui.tui.screens.alerts import AlertsScreen
+from fleet_tui.tui.screens.audit import AuditScreen
 from fleet_tui.tui.screens.device import DeviceScreen
 from fleet_tui.tui.screens.health import HealthScreen
 from fleet_tui.tui.screens.help import HelpScreen
+from fleet_tui.tui.screens.jobs import JobCreateScreen, JobsScreen
 from fleet_tui.tui.screens.jump import JumpScreen
-from fleet_tui.tui.screens.placeholder import PLACEHOLDER_VIEWS, PlaceholderScreen
+from fleet_tui.tui.screens.rollouts import RolloutsScreen
 from fleet_tui.tui.widgets.device_table import DeviceTable
 from fleet_tui.tui.widgets.filter_bar import FilterBar
 from fleet_tui.tui.widgets.group_tree import GroupTree, all_group_names
@@ -181,9 +183,18 @@ class FleetApp(App[None]):
 
     @on(DeviceTable.BulkActionRequested)
     def _bulk_requested(self, message: DeviceTable.BulkActionRequested) -> None:
-        # The jobs view (a later issue) takes the selection from here.
-        self.notify(f"{len(message.device_ids)} devices selected; bulk actions arrive with "
-                    "the jobs view", title="bulk action")
+        if self.read_only:
+            self.notify("read-only: no jobs", severity="warning", title="bulk action")
+            return
+
+        def created(note: str | None) -> None:
+            if note:
+                self.notify(note, title="job")
+                self.show_view("jobs")
+
+        self.push_screen(JobCreateScreen(self.registry, self.actor,
+                                         Target(device_ids=tuple(message.device_ids))),
+                         created)
 
     @on(FilterBar.Submitted)
     def _filter_submitted(self, message: FilterBar.Submitted) -> None:
@@ -220,11 +231,21 @@ class FleetApp(App[None]):
             self.push_screen(HealthScreen(self.registry, self.selected_group,
                                           self.settings, clock=self.clock))
         elif name == "alerts":
-            self.push_screen(AlertsScreen(
-                self.registry, Actor(self.settings.operator, self.settings.role),
-                read_only=self.read_only))
-        elif name in PLACEHOLDER_VIEWS:
-            self.push_screen(PlaceholderScreen(name))
+            self.push_screen(AlertsScreen(self.registry, self.actor, read_only=self.read_only))
+        elif name == "rollouts":
+            self.push_screen(RolloutsScreen(self.registry, self.actor,
+                                            read_only=self.read_only, clock=self.clock))
+        elif name == "jobs":
+            self.push_screen(JobsScreen(self.registry, self.actor, group=self.selected_group,
+                                        read_only=self.read_only, clock=self.clock))
+        elif name == "audit":
+            self.push_screen(AuditScreen(self.registry, clock=self.clock))
+
+    @property
+    def actor(self) -> Actor:
+        """Who acts, for the audit log: the configured operator (default: the OS user)."""
+        fields = self.settings.audit_fields()
+        return Actor(fields["actor"], fields["role"])
 
     def group_names(self) -> list[str]:
         return sorted(all_group_names(self.registry.group_tree()))

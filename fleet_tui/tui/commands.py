@@ -29,6 +29,10 @@ class FleetCommands(Provider):
             ("view: devices", partial(app.show_view, "devices"), "focus the device table"),
             ("view: health", partial(app.show_view, "health"), "health of the selected group"),
             ("view: all devices", partial(app.show_group, None), "the whole fleet"),
+            ("view: rollouts", partial(app.show_view, "rollouts"), "rollouts and their waves"),
+            ("view: jobs", partial(app.show_view, "jobs"), "bulk jobs and their progress"),
+            ("view: audit", partial(app.show_view, "audit"), "the audit log, chain verified"),
+            ("view: alerts", partial(app.show_view, "alerts"), "open alerts and policies"),
             ("filter: devices", app.action_filter, "filter the device table with a query"),
             ("filter: clear", partial(app.apply_filter, ""), "show the whole group again"),
         ]

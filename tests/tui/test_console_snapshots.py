@@ -136,7 +136,6 @@ STATES: dict[str, tuple[dict[str, Any], tuple[Step, ...]]] = {
     "group_editor_error": ({}, (lambda p: type_query(p, "hardware_rev = "),)),
     "health_loaded": ({}, (show_view("health"),)),
     "health_day_other_metric": ({}, (show_view("health"), keys("h", "m"))),
-    "placeholder_rollouts": ({}, (show_view("rollouts"),)),
     "help_device_table": ({}, (keys("tab", "question_mark"),)),
     "jump": ({}, (keys("colon", "h"),)),
 }

@@ -10,12 +10,14 @@ from fleet_tui.registry.registry import Registry
 from fleet_tui.service.client import ServiceError
 from fleet_tui.tui.app import FleetApp
 from fleet_tui.tui.screens.alerts import AlertsScreen
+from fleet_tui.tui.screens.audit import AuditScreen
 from fleet_tui.tui.screens.device import DeviceScreen
 from fleet_tui.tui.screens.edit_desired import EditDesiredScreen
 from fleet_tui.tui.screens.group_editor import GroupEditorScreen
 from fleet_tui.tui.screens.health import HealthScreen
+from fleet_tui.tui.screens.jobs import JobCreateScreen, JobsScreen
 from fleet_tui.tui.screens.jump import JumpScreen
-from fleet_tui.tui.screens.placeholder import PlaceholderScreen
+from fleet_tui.tui.screens.rollouts import RolloutsScreen
 from fleet_tui.tui.widgets.device_table import DeviceTable
 from fleet_tui.tui.widgets.group_tree import GroupTree
 from tests.tui.conftest import (
@@ -258,7 +260,10 @@ async def test_multi_select_hands_the_selection_to_a_bulk_action(make_app: AppFa
         await pilot.press("tab", "space", "down", "space", "b")
         await settle(pilot)
         assert table.selected == {"esp32-000001", "esp32-000003"}
-        assert any("2 devices selected" in n.message for n in app._notifications)
+        assert isinstance(app.screen, JobCreateScreen)  # the job form takes the selection
+        assert app.screen.target is not None and app.screen.target.device_ids == (
+            "esp32-000001", "esp32-000003")
+        await pilot.press("escape")
         table.set_where('hardware_rev = "rev-a"')  # a filter keeps the selection
         await settle(pilot)
         assert table.selected == {"esp32-000001", "esp32-000003"}
@@ -266,14 +271,15 @@ async def test_multi_select_hands_the_selection_to_a_bulk_action(make_app: AppFa
         assert table.selected == set() and table.check_action("bulk", ()) is False
 
 
-async def test_views_of_later_issues_are_placeholders(make_app: AppFactory) -> None:
+async def test_jump_opens_the_rollouts_jobs_and_audit_views(make_app: AppFactory) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        for view in ("rollouts", "jobs", "audit"):
+        for view, screen in (("rollouts", RolloutsScreen), ("jobs", JobsScreen),
+                             ("audit", AuditScreen)):
             await pilot.press("colon", *view, "enter")
             await settle(pilot)
-            assert isinstance(app.screen, PlaceholderScreen) and app.screen.view == view
+            assert isinstance(app.screen, screen)
             await pilot.press("escape")
         assert "rollouts 0" in app.sub_title  # the engine's count: none in flight
         await pilot.press("colon", *"alerts", "enter")

@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,59 @@ def test_demo_starts_headless_and_shuts_down_cleanly(broker: str, tmp_path: Path
     assert not alive(int(broker_pid)) and not alive(int(sim_pid))
     assert not Path(workdir).exists()
     assert f"stopped the simulator, the service and the {broker} broker" in proc.stdout
+
+
+@pytest.mark.slow
+async def test_bad_canary_scenario_runs_by_keyboard_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fleet-tui demo --scenario bad-canary` as a fresh install runs it (its own broker,
+    registry, firmware server, simulator and service), driven by keys only: the 2.4.0
+    canary halts itself, R rolls it back, and 2.4.1 goes through every wave."""
+    from fleet_tui.cli import build_parser
+    from fleet_tui.config import load_settings
+    from fleet_tui.demo import DRILL_GROUP, demo_environment
+    from tests.tui.test_console_flows import settle, static_text
+    from tests.tui.test_rollout_live import plan_and_start
+
+    monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
+    args = build_parser().parse_args(["demo", "--scenario", "bad-canary", "--devices", "24"])
+    settings = load_settings(None, {})
+    with demo_environment(args, settings) as run:
+        app = run.app
+        app.animation_level = "none"
+        registry = app.registry
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+
+            async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+                deadline = time.monotonic() + timeout
+                while not check():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await pilot.pause(0.25)
+
+            await until(lambda: registry.count_devices(where="online = true") == 24, 60,
+                        "the simulated fleet online")
+            bad = await plan_and_start(app, pilot, ("down",), "2.4.0", group=DRILL_GROUP)
+            await until(lambda: registry.rollouts.get(bad.id).status == "HALTED", 120,
+                        "the canary to halt itself")
+            await pilot.pause(1.5)  # the monitor's next refresh
+            await settle(pilot)
+            assert "error gate" in static_text(app, "#rollout-reason")
+            assert "rev-b" in static_text(app, "#rollout-evidence")
+            await until(lambda: bool(registry.jobs.counts([bad.waves[0].job_id])[
+                bad.waves[0].job_id].get("SUCCEEDED")), 30, "a canary device on 2.4.0")
+            await pilot.press("R", "y")
+            await until(lambda: registry.rollouts.get(bad.id).status == "ROLLED_BACK", 120,
+                        "the roll back")
+            await pilot.press("escape", "escape")
+            await settle(pilot)
+            good = await plan_and_start(app, pilot, (), "2.4.1", group=DRILL_GROUP)
+            for _ in range(len(good.waves) - 1):
+                await until(lambda: registry.rollouts.get(good.id).status
+                            == "WAITING_APPROVAL", 120, "a wave to pass")
+                await pilot.press("a")
+                await settle(pilot)
+            await until(lambda: registry.rollouts.get(good.id).status == "COMPLETED", 120,
+                        "the rollout to complete")
+            await pilot.press("q")
+    assert not run.workdir.exists()
