@@ -233,9 +233,6 @@ class RolloutMonitorScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("wave", "dev", "progress",
-                                              *(LADDER_LABELS[s] for s in PROGRESS_STATES),
-                                              "approvals")
         self.reload()
         self.set_interval(REFRESH_S, self.reload)
 
@@ -275,6 +272,18 @@ class RolloutMonitorScreen(Screen[None]):
 
     def _render_ladder(self, waves: list[WaveProgress]) -> None:
         table = self.query_one(DataTable)
+        if not table.columns:
+            # Fixed widths, known from the first load: auto-sized columns were re-measured
+            # after each refresh, so a frame could show the header at its old width.
+            names = max((len(w.name) for w in waves), default=4)
+            devices = max((len(str(w.devices)) for w in waves), default=3)
+            table.add_column("wave", width=max(4, names + 2))
+            table.add_column("dev", width=max(3, devices))
+            table.add_column("progress", width=8)
+            for state in PROGRESS_STATES:
+                label = LADDER_LABELS[state]
+                table.add_column(label, width=max(len(label), 3))
+            table.add_column("approvals", width=24)
         table.clear()
         for w in waves:
             mark, style = WAVE_MARK.get(w.status, ("?", ""))
