@@ -55,8 +55,11 @@ class Leases:
             return set()
         held: set[str] = set()
         with locked_transaction(self.engine) as conn:
-            rows = {r.name: r for r in conn.execute(
-                sa.select(LEASE).where(LEASE.c.name.in_(list(names))))}
+            # Row locks in name order, as check_fence takes them: no lock-order deadlock.
+            query = sa.select(LEASE).where(LEASE.c.name.in_(list(names))).order_by(LEASE.c.name)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            rows = {r.name: r for r in conn.execute(query)}
             for name in names:
                 row = rows.get(name)
                 if row is None:
@@ -95,7 +98,8 @@ def check_fence(conn: Connection, holder: str, names: Sequence[str], now: float)
     if not names:
         return
     query = sa.select(LEASE.c.name).where(LEASE.c.name.in_(list(names)),
-                                          LEASE.c.holder == holder, LEASE.c.expires_at > now)
+                                          LEASE.c.holder == holder, LEASE.c.expires_at > now
+                                          ).order_by(LEASE.c.name)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(read=True)
     held = {r.name for r in conn.execute(query)}

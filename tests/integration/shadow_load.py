@@ -29,7 +29,9 @@ class LoadResult:
 
     @property
     def accepted(self) -> int:
-        return sum(1 for a in self.answers.values() if any(k == "accepted" for k, _ in a))
+        """Updates of this load (not other clients' tokens) that got an accepted answer."""
+        return sum(1 for tokens in self.sent.values() for t in tokens
+                   if any(k == "accepted" for k, _ in self.answers.get(t, ())))
 
 
 async def run_load(host: str, port: int, things: list[str], stop: asyncio.Event, *,
