@@ -49,6 +49,12 @@ class ShadowSettings:
     prune_converged_desired: bool = False
     # How long the service may hold accepted-but-unwritten documents (write-behind batch).
     flush_interval_ms: int = 20
+    # Scale-out (docs/scale-out.md): things split into this many partitions by a stable
+    # hash of the thing name, each answered by the worker holding its lease; 0 = one
+    # worker answers everything (no partition leases).
+    partitions: int = 0
+    # A dead worker's partitions move this long after its last renewal.
+    partition_lease_ttl_s: float = 6.0
 
 
 @dataclass

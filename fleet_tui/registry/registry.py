@@ -39,7 +39,7 @@ from fleet_tui.registry.automation_store import AutomationStore
 from fleet_tui.registry.engine import create_registry_engine
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
 from fleet_tui.registry.jobs_store import JobStore
-from fleet_tui.registry.leases import Leases
+from fleet_tui.registry.leases import Leases, check_fence
 from fleet_tui.registry.models import (
     SOURCE_OPERATOR,
     SOURCE_REPORTED,
@@ -902,15 +902,21 @@ class Registry:
         self,
         docs: Sequence[tuple[str, str, int, dict[str, Any] | bytes]],
         reported: Mapping[str, Mapping[str, Any]] | None = None,
+        fence: tuple[str, Sequence[str]] | None = None,
     ) -> None:
         """Upsert (thing, name, version, document) rows and mirror the classic shadows'
         reported state into the device registry, in one transaction.
 
-        A document may come already serialized (JSON bytes), see engine.json_serializer."""
+        A document may come already serialized (JSON bytes), see engine.json_serializer.
+        ``fence`` = (holder, partition lease names): raise ``StaleOwner`` and write nothing
+        unless ``holder`` still holds them all. A stored row is never replaced by a lower
+        version either way."""
         if not docs and not reported:
             return
         now = time.time()
         with self.transaction() as conn:
+            if fence is not None:
+                check_fence(conn, fence[0], fence[1], now)
             if docs and self.dialect == "sqlite":
                 # One JSON parameter for the batch; serialized documents go in verbatim.
                 batch = [(t, n, v, orjson.Fragment(d) if isinstance(d, bytes) else d, now)
@@ -918,7 +924,7 @@ class Registry:
                 conn.execute(_JSON_UPSERT_SHADOWS, {"rows": orjson.dumps(batch).decode()})
             elif docs:
                 stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
-                               ["version", "document", "updated_at"])
+                               ["version", "document", "updated_at"], monotonic="version")
                 conn.execute(stmt, [
                     {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
                     for t, n, v, d in docs
@@ -1100,19 +1106,24 @@ def _insert_ignore(dialect: str, table: sa.Table) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
-def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str]) -> Any:
+def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str],
+            monotonic: str | None = None) -> Any:
+    """INSERT .. ON CONFLICT DO UPDATE; with ``monotonic``, a row is only replaced by one
+    whose ``monotonic`` column is not lower (a stale shadow owner cannot go backwards)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         pg = pg_insert(table)
         return pg.on_conflict_do_update(
-            index_elements=keys, set_={c: getattr(pg.excluded, c) for c in update}
+            index_elements=keys, set_={c: getattr(pg.excluded, c) for c in update},
+            where=(table.c[monotonic] <= pg.excluded[monotonic]) if monotonic else None,
         )
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     lite = sqlite_insert(table)
     return lite.on_conflict_do_update(
-        index_elements=keys, set_={c: getattr(lite.excluded, c) for c in update}
+        index_elements=keys, set_={c: getattr(lite.excluded, c) for c in update},
+        where=(table.c[monotonic] <= lite.excluded[monotonic]) if monotonic else None,
     )
 
 
@@ -1154,6 +1165,7 @@ def _json_statements() -> tuple[Any, Any, Any, Any]:
     upsert = shadows.on_conflict_do_update(
         index_elements=["thing_id", "name"],
         set_={c: getattr(shadows.excluded, c) for c in ("version", "document", "updated_at")},
+        where=SHADOW.c.version <= shadows.excluded.version,
     )
     return delete_reported, update_versions, ensure, upsert
 

@@ -20,6 +20,7 @@ from fleet_tui.service.automation import install as install_automation
 from fleet_tui.service.events import EventBus
 from fleet_tui.service.jobs import JobsEngine
 from fleet_tui.service.mqtt import MqttSession
+from fleet_tui.service.partitions import Partitions
 from fleet_tui.service.presence import PresenceTracker
 from fleet_tui.service.rollouts import RolloutEngine
 from fleet_tui.service.shadows import ShadowService
@@ -58,6 +59,13 @@ class FleetService:
         # embedded service (the console's) gets a per-process id and a clean session.
         self.client_id = client_id or f"fleet-tui-service-{socket.gethostname()}-{os.getpid()}"
         stable = client_id is not None and client_id == service_client_id(settings)
+        self.partitions: Partitions | None = None
+        if settings.shadow.partitions > 0:
+            self.partitions = Partitions(registry, self.client_id, settings.shadow.partitions,
+                                         settings.shadow.partition_lease_ttl_s, clock)
+            self.partitions.on_gain = self.shadows.take_partitions
+            self.partitions.on_loss = self.shadows.drop_partitions
+            self.shadows.partitions = self.partitions
         self.jobs = JobsEngine(settings, registry, self.topics, shadows=self.shadows,
                                presence=self.presence, telemetry=self.telemetry,
                                events=self.events, clock=clock, holder=self.client_id)
@@ -114,7 +122,8 @@ class FleetService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then flush everything and return."""
-        loaded = await asyncio.to_thread(self.shadows.load)
+        # Partitioned: documents load per partition as its lease is taken.
+        loaded = 0 if self.partitions else await asyncio.to_thread(self.shadows.load)
         state = await asyncio.to_thread(self.registry.presence_state)
         self.presence.restore(state, self.clock())
         log.info("loaded %d shadows, %d devices online", loaded, len(state))
@@ -126,6 +135,8 @@ class FleetService:
         if self.settings.jobs.engine:
             tasks.append(asyncio.create_task(self.jobs.run(self.session.publish_many, stop),
                                              name="jobs"))
+        if self.partitions is not None:
+            tasks.append(asyncio.create_task(self.partitions.run(stop), name="partitions"))
         self.ready.set()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -137,6 +148,8 @@ class FleetService:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait_for(task, 10)
+            if self.partitions is not None:  # after the last shadow flush
+                await self.partitions.release()
             await asyncio.to_thread(self._flush_ingest, True)
 
     async def _ingest_loop(self, stop: asyncio.Event) -> None:
@@ -174,7 +187,9 @@ class FleetService:
             self.registry.purge_metric_buckets(width, expiry_cutoff(width, now))
 
     def stats(self) -> dict[str, Any]:
-        return {**self.shadows.stats, "shadows": len(self.shadows.shadows),
+        parts = ({"partitions": len(self.partitions.owned)}
+                 if self.partitions is not None else {})
+        return {**self.shadows.stats, **parts, "shadows": len(self.shadows.shadows),
                 "engine": {**self.jobs.stats, "leader": self.jobs.is_leader},
                 "bad_presence": self.presence.rejected, "bad_telemetry": self.telemetry.rejected,
                 "ignored_topics": self.ignored_topics}

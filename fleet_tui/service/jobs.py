@@ -261,7 +261,7 @@ class JobsEngine:
     def _evaluate(self, thing: str, w: Watch, now: float
                   ) -> tuple[str, dict[str, Any]] | None:
         """SUCCEEDED/FAILED with details, or None (still in progress; ``w`` updated)."""
-        doc = self.shadows.document(thing)
+        doc = self.shadows.peek(thing)
         reported = doc.reported if doc is not None else {}
         fw = reported.get("firmware_version")
         ota_status = reported.get("ota_status")

@@ -416,7 +416,7 @@ class RolloutEngine:
                                           updated_at=now)
 
     def _runs(self, thing: str, version: str) -> bool:
-        doc = self.jobs.shadows.document(thing)
+        doc = self.jobs.shadows.peek(thing)
         return doc is not None and same_version(doc.reported.get("firmware_version"), version)
 
 

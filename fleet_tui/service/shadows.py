@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from fleet_tui.config import ShadowSettings
 from fleet_tui.domain.shadow import (
@@ -32,9 +35,11 @@ from fleet_tui.domain.shadow import (
     parse_request,
     too_many_requests_error,
 )
+from fleet_tui.registry.leases import StaleOwner
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.events import EventBus, ShadowChanged, ShadowDeleted
 from fleet_tui.service.outbox import Outgoing
+from fleet_tui.service.partitions import Partitions, partition_of
 from fleet_tui.service.topics import ShadowTopic, Topics, valid_shadow_name, valid_thing
 
 log = logging.getLogger(__name__)
@@ -46,22 +51,31 @@ Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
 class Entry:
     doc: ShadowDocument
     exists: bool  # False after a delete: the version carries on, get answers 404
+    # clientToken + request hash of the update that made this version (_retry_key): a
+    # device's retry of it (its answer died with a worker) is answered, not applied twice.
+    token: str | None = None
 
     def stored(self) -> dict[str, Any]:
         data = self.doc.to_dict()
         data["exists"] = self.exists
+        if self.token is not None:
+            data["lastToken"] = self.token
         return data
 
     def stored_json(self) -> bytes:
         """:meth:`stored` serialized: one orjson call instead of a deep copy on this
         thread and ``json.dumps`` in the commit thread."""
+        if self.token is not None:
+            return self.doc.to_json(exists=self.exists, lastToken=self.token)
         return self.doc.to_json(exists=self.exists)
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> Entry:
         exists = bool(data.get("exists", True))
-        doc = ShadowDocument.from_dict({k: v for k, v in data.items() if k != "exists"})
-        return cls(doc, exists)
+        token = data.get("lastToken")
+        doc = ShadowDocument.from_dict({k: v for k, v in data.items()
+                                        if k not in ("exists", "lastToken")})
+        return cls(doc, exists, token if isinstance(token, str) else None)
 
 
 @dataclass
@@ -71,6 +85,12 @@ class _Batch:
     rejections_on_failure: list[tuple[str, str | None]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _retry_key(token: Any, request: dict[str, Any]) -> str:
+    """Same clientToken and same request: a retry (a reused token with new state is not)."""
+    body = orjson.dumps(request.get("state"), option=orjson.OPT_SORT_KEYS)
+    return f"{zlib.crc32(body):08x}:{token}"
 
 
 class ShadowService:
@@ -98,18 +118,63 @@ class ShadowService:
         self.shadows: dict[Key, Entry] = {}
         self._batch = _Batch()
         self._wakeup = asyncio.Event()
-        self.stats = {"accepted": 0, "rejected": 0, "batches": 0, "failed_batches": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "batches": 0, "failed_batches": 0,
+                      "not_mine": 0, "forwarded": 0, "retries_answered": 0}
+        # Scale-out (service/partitions.py): None = this worker answers every thing.
+        self.partitions: Partitions | None = None
+        self._forward: list[Outgoing] = []
+        self._peeked: dict[str, tuple[float, ShadowDocument | None]] = {}
 
     # ------------------------------------------------------------------ loading
 
     def load(self) -> int:
         """Read every stored document back (after a restart: versions and all)."""
+        self.shadows.update(self.read_stored(None))
+        return len(self.shadows)
+
+    def read_stored(self, partitions: set[int] | None) -> dict[Key, Entry]:
+        """The stored documents (of ``partitions`` only, when given); runs in a thread."""
+        n = self.partitions.n if self.partitions is not None else 0
+        out: dict[Key, Entry] = {}
         for thing, name, _version, data in self.registry.load_shadows():
+            if partitions is not None and partition_of(thing, n) not in partitions:
+                continue
             try:
-                self.shadows[(thing, name)] = Entry.from_stored(data)
+                out[(thing, name)] = Entry.from_stored(data)
             except Exception:  # a damaged row must not keep the service from starting
                 log.exception("cannot load shadow %s/%s; skipped", thing, name)
-        return len(self.shadows)
+        return out
+
+    async def take_partitions(self, partitions: set[int]) -> None:
+        """This worker took these over: their stored documents replace whatever it held
+        (versions carry on from the last owner's last commit)."""
+        self.shadows.update(await asyncio.to_thread(self.read_stored, partitions))
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """This worker lost these: forget their documents (the new owner loads them)."""
+        assert self.partitions is not None
+        n = self.partitions.n
+        for key in [k for k in self.shadows if partition_of(k[0], n) in partitions]:
+            del self.shadows[key]
+
+    def peek(self, thing: str) -> ShadowDocument | None:
+        """The classic shadow of any thing, for the engine: this worker's own document, or
+        another worker's as last stored (read through, cached for a second)."""
+        if self.partitions is None or self.partitions.owns(thing):
+            return self.document(thing)
+        now = time.monotonic()
+        hit = self._peeked.get(thing)
+        if hit is not None and now - hit[0] < 1.0:
+            return hit[1]
+        data = self.registry.get_shadow(thing)
+        doc = None
+        if data is not None:
+            entry = Entry.from_stored(data)
+            doc = entry.doc if entry.exists else None
+        if len(self._peeked) > 100_000:
+            self._peeked.clear()
+        self._peeked[thing] = (now, doc)
+        return doc
 
     def document(self, thing: str, name: str = "") -> ShadowDocument | None:
         entry = self.shadows.get((thing, name))
@@ -120,9 +185,12 @@ class ShadowService:
     def handle(self, topic: ShadowTopic, payload: bytes) -> None:
         """Apply one request; its answers wait in the current batch until it commits."""
         now = int(self.clock())
+        thing, name = topic.thing, topic.name
+        if self.partitions is not None and not self.partitions.owns(thing):
+            self.stats["not_mine"] += 1  # another worker's thing (or one being taken over)
+            return
         batch = self._batch
         self._wakeup.set()
-        thing, name = topic.thing, topic.name
         if not (valid_thing(thing) and valid_shadow_name(name)):
             # Answer on the topic it came from: the requester is listening there.
             err = ShadowError(400, "Invalid thing name or shadow name")
@@ -153,7 +221,14 @@ class ShadowService:
         """An update of a classic shadow from inside the service (the job engine's desired
         OTA state): the path a device's request takes, less the JSON round trip, and with
         ``/update/accepted`` at QoS 0 since no requester waits for it (a fan-out to 100k
-        things is three messages each; the QoS 1 acks were a third of the service's CPU)."""
+        things is three messages each; the QoS 1 acks were a third of the service's CPU).
+        Another worker's thing: published to its update topic, its owner applies it."""
+        if self.partitions is not None and not self.partitions.owns(thing):
+            self.stats["forwarded"] += 1
+            self._forward.append(Outgoing(self.topics.shadow(thing, "", "update"),
+                                          dumps(request)))
+            self._wakeup.set()
+            return
         now = int(self.clock())
         batch = self._batch
         self._wakeup.set()
@@ -179,6 +254,12 @@ class ShadowService:
         key = (topic.thing, topic.name)
         entry = self.shadows.get(key)
         current = entry.doc if entry is not None else ShadowDocument.empty()
+        token = request.get("clientToken")
+        retry_key = _retry_key(token, request) if token is not None else None
+        if entry is not None and entry.exists and retry_key is not None \
+                and entry.token == retry_key:
+            self._answer_retry(batch, topic, entry, str(token), now)
+            return
         if entry is not None and not entry.exists:
             current = ShadowDocument.empty(entry.doc.version)
         result = current.apply_update(
@@ -186,10 +267,9 @@ class ShadowService:
             prune_converged_desired=self.settings.prune_converged_desired,
         )
         self._touch(batch, key)
-        self.shadows[key] = Entry(result.document, True)
+        self.shadows[key] = Entry(result.document, True, retry_key)
         self.stats["accepted"] += 1
         t = self.topics
-        token = request.get("clientToken")
         batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "accepted"),
                                   dumps(result.accepted), qos=accepted_qos))
         batch.rejections_on_failure.append(
@@ -200,6 +280,17 @@ class ShadowService:
         batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "documents"),
                                   dumps(result.documents), qos=0))
         batch.events.append(ShadowChanged(topic.thing, topic.name, result.documents))
+
+    def _answer_retry(self, batch: _Batch, topic: ShadowTopic, entry: Entry, token: str,
+                      now: int) -> None:
+        """The retry of the update that made ``entry``'s version: accepted again with that
+        version (the document as it is), nothing applied twice."""
+        self.stats["retries_answered"] += 1
+        doc = entry.doc.get_response(token, now)
+        batch.out.append(Outgoing(self.topics.shadow(topic.thing, topic.name, "update",
+                                                     "accepted"), dumps(doc)))
+        batch.rejections_on_failure.append(
+            (self.topics.shadow(topic.thing, topic.name, "update", "rejected"), token))
 
     def _get(self, batch: _Batch, topic: ShadowTopic, token: str | None, now: int) -> None:
         entry = self.shadows.get((topic.thing, topic.name))
@@ -234,7 +325,9 @@ class ShadowService:
                                             dict[str, dict[str, Any]]]:
         docs, reported = [], {}
         for key in batch.dirty:
-            entry = self.shadows[key]
+            entry = self.shadows.get(key)
+            if entry is None:  # its partition was lost meanwhile: the fence refuses it
+                raise StaleOwner(f"{key[0]}: partition lost before its batch committed")
             docs.append((key[0], key[1], entry.doc.version, entry.stored_json()))
             if key[1] == "" and entry.exists:
                 reported[key[0]] = entry.doc.reported
@@ -243,15 +336,21 @@ class ShadowService:
     async def flush(self, publish: Publisher) -> int:
         """Commit the current batch, then publish its answers. Returns messages published."""
         batch = self._take_batch()
+        if self._forward:
+            forward, self._forward = self._forward, []
+            await publish(forward)
         if not batch.out:
             return 0
         if batch.dirty:
-            docs, reported = self._rows(batch)
+            fence = (self.partitions.fence(k[0] for k in batch.dirty)
+                     if self.partitions is not None else None)
             try:
+                docs, reported = self._rows(batch)
                 # The commit runs in a thread so this loop keeps reading requests meanwhile.
-                await asyncio.to_thread(self.registry.save_shadows, docs, reported)
+                await asyncio.to_thread(self.registry.save_shadows, docs, reported, fence)
             except Exception:
-                log.exception("shadow batch of %d documents failed to commit", len(docs))
+                log.exception("shadow batch of %d documents failed to commit",
+                              len(batch.dirty))
                 self.stats["failed_batches"] += 1
                 for key, before in batch.dirty.items():
                     if before is None:
