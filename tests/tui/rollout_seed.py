@@ -62,6 +62,10 @@ class FleetFacts:
         def document(thing: str) -> None:
             return None
 
+        @staticmethod
+        def peek(thing: str) -> None:  # any worker's shadow (scale-out); none are seeded
+            return None
+
 
 @contextmanager
 def frozen(monkeypatch: pytest.MonkeyPatch, at: float = CLOCK) -> Iterator[None]:

@@ -141,6 +141,13 @@ class JobsScreen(Screen[None]):
         self.post_message(self.Loaded(jobs, self.registry.jobs.counts([j.id for j in jobs])))
 
     def on_jobs_screen_loaded(self, message: Loaded) -> None:
+        # Unchanged data keeps the table as it is: a refill re-measures the columns after
+        # the next frame, and a flicker at each refresh helps nobody.
+        shown = tuple((j.id, j.status, tuple(sorted(message.counts.get(j.id, {}).items())))
+                      for j in message.jobs)
+        if shown == getattr(self, "_shown", None):
+            return
+        self._shown = shown
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear()

@@ -137,6 +137,10 @@ class RolloutsScreen(Screen[None]):
         self.post_message(self.Loaded(self.registry.rollouts.list_rollouts(limit=200)))
 
     def on_rollouts_screen_loaded(self, message: Loaded) -> None:
+        shown = tuple((r.id, r.status, r.current_wave, r.reason) for r in message.rollouts)
+        if shown == getattr(self, "_shown", None):
+            return  # unchanged: no refill (see JobsScreen)
+        self._shown = shown
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear()
