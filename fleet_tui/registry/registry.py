@@ -207,7 +207,7 @@ class Registry:
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
         self._count_statements: dict[Any, sa.Select[Any]] = {}
-        self._group_columns: tuple[tuple[tuple[str, str], ...], GroupMatcher] | None = None
+        self._matcher_cache: tuple[tuple[tuple[str, str], ...], GroupMatcher] | None = None
         self._count_sql: dict[int, tuple[sa.Select[Any], str, list[Any]]] = {}
 
     @classmethod
@@ -480,11 +480,11 @@ class Registry:
         """The dynamic groups' queries, ready to test a page of devices in memory: in SQL
         each query's subquery ran over the whole fleet (100 ms a page at 100k devices);
         in memory a page costs the same at any fleet size. Rebuilt when groups change."""
-        cached = self._group_columns
+        cached = self._matcher_cache
         if cached is None or cached[0] != dynamic:
             matcher = GroupMatcher([(name, q) for name, text in dynamic
                                     if (q := _parsed_query(text)) is not None])
-            cached = self._group_columns = (dynamic, matcher)
+            cached = self._matcher_cache = (dynamic, matcher)
         return cached[1]
 
     def _page_extras(self, conn: Connection, ids: list[str], nodes: dict[str, GroupNode]
@@ -526,17 +526,6 @@ class Registry:
         for device_id, names in found.items():
             deepest = max(depth.get(n, 0) for n in names)
             groups[device_id] = sorted(n for n in names if depth.get(n, 0) == deepest)
-        return groups, in_sync
-        members = (sa.select(MEMBER.c.device_id, GROUP.c.name)
-                   .join(GROUP, GROUP.c.id == MEMBER.c.group_id)
-                   .where(MEMBER.c.device_id.in_(ids)).order_by(GROUP.c.name))
-        for device_id, name in conn.execute(members):
-            groups.setdefault(device_id, []).append(name)
-        shadows = sa.select(SHADOW.c.thing_id, SHADOW.c.document).where(
-            SHADOW.c.thing_id.in_(ids), SHADOW.c.name == "")
-        for thing, data in conn.execute(shadows):
-            if isinstance(data, dict) and data.get("exists", True):
-                in_sync[thing] = shadow_in_sync(data)
         return groups, in_sync
 
     def count_devices(self, *, group: str | None = None, where: str | None = None) -> int:
