@@ -14,6 +14,7 @@ from fleet_tui.service.alerts import apply_signals
 from fleet_tui.service.job_control import Actor
 from fleet_tui.service.policies import create_policy
 from fleet_tui.tui.screens.alerts import AlertsScreen, alert_badge
+from tests.tui.workers import workers_done
 
 OPERATOR = Actor("olga", "operator")
 CLOCK = 1_700_000_000.0
@@ -45,7 +46,7 @@ def _seed(registry: Registry) -> None:
 
 async def _settle(pilot: Pilot[None]) -> None:
     for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
+        await workers_done(pilot.app)
         await pilot.pause()
 
 

@@ -22,12 +22,13 @@ from fleet_tui.tui.widgets.device_table import DeviceTable
 from fleet_tui.tui.widgets.filter_bar import FilterBar
 from fleet_tui.tui.widgets.group_tree import GroupTree
 from tests.tui.conftest import CONVERGING_DEVICE, IN_SYNC_DEVICE, ONLINE, UNHEALTHY, AppFactory
+from tests.tui.workers import workers_done
 
 
 async def settle(pilot: Pilot[None]) -> None:
     """Let workers finish and their messages be handled (workers may start workers)."""
     for _ in range(4):
-        await pilot.app.workers.wait_for_complete()
+        await workers_done(pilot.app)
         await pilot.pause()
 
 

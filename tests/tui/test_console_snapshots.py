@@ -20,6 +20,7 @@ from tests.tui.conftest import (
     OLD_FIRMWARE_DEVICE,
     AppFactory,
 )
+from tests.tui.workers import workers_done
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 SnapCompare = Callable[..., bool]
@@ -39,7 +40,7 @@ def then(*steps: Step) -> Callable[..., Any]:
     async def run(pilot: Pilot[Any]) -> None:
         async def settle() -> None:
             for _ in range(4):
-                await pilot.app.workers.wait_for_complete()
+                await workers_done(pilot.app)
                 await pilot.pause()
 
         await settle()
