@@ -1,0 +1,44 @@
+"""The import's fast row builder writes exactly the rows the one-device path writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet_tui.domain.query import reported_attributes
+from fleet_tui.registry.registry import (
+    SOURCE_OPERATOR,
+    SOURCE_REPORTED,
+    NewDevice,
+    _row_batches,
+    tag_tuples,
+)
+
+keys = st.sampled_from(["region", "site", "fw_version", "app_version", "n", "x.y", "tags"])
+scalars = st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.sampled_from(["2.1.0", "v3", "12", "-1.5e3", "eu", ""]), st.none())
+values: st.SearchStrategy[Any] = st.one_of(scalars, st.lists(scalars, max_size=2),
+                                           st.dictionaries(keys, scalars, max_size=2))
+devices = st.lists(st.builds(
+    NewDevice,
+    st.uuids().map(str),
+    st.sampled_from([None, "rev-a"]),
+    st.sampled_from([None, "2.0.1", "2.10.0"]),
+    st.dictionaries(keys, st.sampled_from(["eu", "us", "12", "2.1.0"]), max_size=3),
+    st.dictionaries(keys, values, max_size=4),
+), max_size=30, unique_by=lambda d: d.id)
+
+
+@settings(max_examples=200, deadline=None)
+@given(devices, st.integers(1, 7))
+def test_batched_rows_equal_the_per_device_rows(devs: list[NewDevice], size: int) -> None:
+    batches = list(_row_batches(devs, size))
+    assert [row[0] for b in batches for row in b[0]] == [d.id for d in devs]
+    assert all(len(b[0]) <= size for b in batches)
+    expected = []
+    for dev in devs:
+        expected += tag_tuples(dev.id, SOURCE_OPERATOR, dev.tags)
+        expected += tag_tuples(dev.id, SOURCE_REPORTED, reported_attributes(dev.reported))
+    assert [row for b in batches for row in b[1]] == expected
