@@ -46,7 +46,9 @@ def pg_url() -> Iterator[str]:
     name = f"fleet_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        # template0 takes no connections, so parallel runs (xdist workers, several
+        # checkouts) cannot collide on "source database is being accessed by other users".
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
     try:
         yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
