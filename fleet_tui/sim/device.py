@@ -17,6 +17,10 @@ Lifecycle (what the runner does with the actions)::
                      wait d seconds, then boot() -> [Connect] or another [Restart] (crash)
     DropConnection(d) -> flaky link: drop it, reconnect after d seconds (the app keeps running)
 
+Shadow updates follow the retry contract as ``device.c`` does (docs/scale-out.md): one
+in flight, resent with the same clientToken and bytes on timeout (``tick``), 500 or 429,
+newer reports merged into one queued behind it.
+
 Deliberate differences from the C code: an OTA download runs asynchronously (the C device
 blocks in it; here incoming messages are held back and telemetry paused while it runs, so
 the observable behaviour is the same), and with ``firmware_base_url`` set a relative
