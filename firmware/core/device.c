@@ -667,7 +667,8 @@ static void handle_update_rejected(fleet_device_t *dev, const cJSON *doc)
 static void handle_update_accepted(fleet_device_t *dev, const cJSON *doc)
 {
     const char *token = fleet_document_string(doc, "clientToken");
-    bool confirms = token != NULL && strcmp(token, dev->boot_report_token) == 0;
+    bool confirms = token != NULL && dev->boot_report_token[0] != '\0' &&
+                    strcmp(token, dev->boot_report_token) == 0;
 
     if (is_update_in_flight(dev, token)) {
         finish_update(dev);

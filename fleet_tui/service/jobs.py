@@ -48,7 +48,7 @@ from fleet_tui.domain.jobs import (
 )
 from fleet_tui.domain.version import VersionError, parse_version
 from fleet_tui.registry.jobs_store import ExecutionRow, JobRow
-from fleet_tui.registry.registry import Registry
+from fleet_tui.registry.registry import NotFound, Registry
 from fleet_tui.service.events import EventBus, PresenceChanged, ShadowChanged, TelemetryReceived
 from fleet_tui.service.outbox import Outgoing
 from fleet_tui.service.topics import JobsTopic, Topics, valid_thing
@@ -414,11 +414,15 @@ class JobsEngine:
                 continue
             if stored and (age < 2 * every or not self.presence.online.get(thing)):
                 continue  # an offline device reads the stored state when it connects
-            log.info("job engine: %s shows no sign of %s (job %s); writing its desired "
-                     "OTA state again", thing, w.target, w.job_id)
             w.driven_at = now
             w.redrives += 1
-            result.desired[thing] = self._desired_for(w.target)
+            try:
+                result.desired[thing] = self._desired_for(w.target)
+            except NotFound:  # the release went away: its timeout will end the execution
+                w.redrives = REDRIVE_MAX
+                continue
+            log.info("job engine: %s shows no sign of %s (job %s); writing its desired "
+                     "OTA state again", thing, w.target, w.job_id)
 
     def _drop_canceled(self, conn: Any, now: float, result: TickResult) -> None:
         """Force-canceled firmware executions (by anyone, e.g. the CLI): clear the desired

@@ -814,7 +814,7 @@ class Device:
 
     def _handle_update_accepted(self, out: list[Action], doc: dict[str, Any]) -> None:
         token = doc_string(doc, "clientToken")
-        confirms = token is not None and token == self.boot_report_token
+        confirms = bool(token) and token == self.boot_report_token
         if self._is_in_flight(token):
             self._finish_update(out)
         if not confirms or not self.pending_verify:
