@@ -88,6 +88,11 @@ class JobsSettings:
     # Executions released per tick at most; a larger release goes on in the next tick at
     # once, so the first devices hear within a tick and publishing overlaps the next SQL.
     max_release_per_tick: int = 5000
+    # A firmware execution whose desired OTA state is not in its device's shadow this long
+    # after it was written (the write died with a killed worker or engine), or whose online
+    # device shows no sign of it (its delta died), gets the desired state written again,
+    # at most three times. 0: never.
+    redrive_s: float = 10.0
 
 
 @dataclass

@@ -126,6 +126,8 @@ fleet_err_t fleet_device_init(fleet_device_t *dev, const fleet_port_t *port,
     dev->reset_reason = cfg->reset_reason;
     dev->pending_verify = cfg->image_pending_verify;
     dev->token_salt = port->random(port->ctx);
+    dev->shadow_retry_ms = cfg->shadow_retry_ms != 0 ? cfg->shadow_retry_ms
+                                                     : FLEET_SHADOW_RETRY_DEFAULT_MS;
 
     load_settings(dev, cfg->telemetry_interval_s);
     if (port->set_led != NULL) {
@@ -200,22 +202,140 @@ void fleet_device_publish_json(fleet_device_t *dev, fleet_topic_id_t id, const c
     cJSON_free(text);
 }
 
-void fleet_device_report(fleet_device_t *dev, cJSON *reported)
+static void publish_update_text(fleet_device_t *dev)
+{
+    char topic[FLEET_TOPIC_MAX];
+    int rc;
+
+    if (fleet_topic_build(topic, sizeof(topic), &dev->topics, FLEET_TOPIC_SHADOW_UPDATE, NULL) <
+        0) {
+        dev->errors++;
+        return;
+    }
+    rc = dev->port->publish(dev->port->ctx, topic, dev->update_text, strlen(dev->update_text),
+                            1, false);
+    if (rc != FLEET_OK) {
+        FLEET_LOGW(dev->port, TAG, "publish to %s failed (%d)", topic, rc);
+    } else {
+        FLEET_LOGD(dev->port, TAG, "-> %s %s (attempt %u)", topic, dev->update_text,
+                   dev->update_attempts);
+    }
+}
+
+/* Sends reported as the new update in flight (takes ownership). full: the boot report. */
+static void send_update(fleet_device_t *dev, cJSON *reported, bool full)
 {
     char token[FLEET_TOKEN_MAX];
     cJSON *doc = cJSON_CreateObject();
     cJSON *state = cJSON_AddObjectToObject(doc, "state");
 
-    if (doc == NULL || state == NULL || reported == NULL) {
+    if (state == NULL || reported == NULL) {
+        FLEET_LOGE(dev->port, TAG, "out of memory building a shadow update");
         cJSON_Delete(doc);
         cJSON_Delete(reported);
-        fleet_device_publish_json(dev, FLEET_TOPIC_SHADOW_UPDATE, NULL, NULL, 1, false);
+        dev->errors++;
         return;
     }
     cJSON_AddItemToObject(state, "reported", reported);
     fleet_device_new_token(dev, token);
     (void)cJSON_AddStringToObject(doc, "clientToken", token);
-    fleet_device_publish_json(dev, FLEET_TOPIC_SHADOW_UPDATE, NULL, doc, 1, false);
+    if (!cJSON_PrintPreallocated(doc, dev->update_text, (int)sizeof(dev->update_text), false)) {
+        FLEET_LOGE(dev->port, TAG, "shadow update larger than %d bytes; dropped",
+                   FLEET_REPORT_MAX);
+        cJSON_Delete(doc);
+        dev->update_in_flight = false;
+        dev->errors++;
+        return;
+    }
+    cJSON_Delete(doc);
+    (void)fleet_strlcpy(dev->update_token, token, sizeof(dev->update_token));
+    if (full) {
+        (void)fleet_strlcpy(dev->boot_report_token, token, sizeof(dev->boot_report_token));
+    }
+    dev->update_in_flight = true;
+    dev->update_attempts = 1;
+    dev->update_deadline_ms = dev->port->uptime_ms(dev->port->ctx) +
+                              fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, 1);
+    publish_update_text(dev);
+}
+
+/* Sends the queued patch, if any, as the next update in flight. */
+static void send_queued(fleet_device_t *dev)
+{
+    cJSON *reported;
+
+    if (!dev->update_queued) {
+        return;
+    }
+    dev->update_queued = false;
+    reported = cJSON_Parse(dev->update_queued_text);
+    send_update(dev, reported, dev->update_queued_full);
+    dev->update_queued_full = false;
+}
+
+/* The update in flight is done (answered, refused or given up): the queued one goes. */
+static void finish_update(fleet_device_t *dev)
+{
+    dev->update_in_flight = false;
+    dev->update_attempts = 0;
+    send_queued(dev);
+}
+
+/* Another attempt of the update in flight, or giving it up after the last one. */
+static void retry_update(fleet_device_t *dev, uint64_t now_ms)
+{
+    if (dev->update_attempts >= FLEET_SHADOW_ATTEMPTS_MAX) {
+        FLEET_LOGW(dev->port, TAG, "shadow update %s unanswered after %u attempts; giving up",
+                   dev->update_token, dev->update_attempts);
+        dev->errors++;
+        finish_update(dev);
+        return;
+    }
+    dev->update_attempts++;
+    dev->update_deadline_ms =
+        now_ms + fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, dev->update_attempts);
+    FLEET_LOGI(dev->port, TAG, "shadow update %s: attempt %u", dev->update_token,
+               dev->update_attempts);
+    publish_update_text(dev);
+}
+
+/* One update in flight per shadow: a report made meanwhile waits, merged into the queue. */
+static void submit_report(fleet_device_t *dev, cJSON *reported, bool full)
+{
+    cJSON *queued;
+
+    if (reported == NULL) {
+        FLEET_LOGE(dev->port, TAG, "out of memory building a shadow update");
+        dev->errors++;
+        return;
+    }
+    if (!dev->update_in_flight) {
+        send_update(dev, reported, full);
+        return;
+    }
+    queued = dev->update_queued ? cJSON_Parse(dev->update_queued_text) : cJSON_CreateObject();
+    fleet_shadow_merge_reported(queued, reported);
+    if (queued == NULL || !cJSON_PrintPreallocated(queued, dev->update_queued_text,
+                                                   (int)sizeof(dev->update_queued_text), false)) {
+        FLEET_LOGE(dev->port, TAG, "cannot queue a shadow update; dropped");
+        dev->update_queued = false;
+        dev->update_queued_full = false;
+        dev->errors++;
+    } else {
+        dev->update_queued = true;
+        dev->update_queued_full = dev->update_queued_full || full;
+    }
+    cJSON_Delete(queued);
+}
+
+void fleet_device_report(fleet_device_t *dev, cJSON *reported)
+{
+    submit_report(dev, reported, false);
+}
+
+void fleet_device_flush_reports(fleet_device_t *dev)
+{
+    send_queued(dev);
 }
 
 static void add_string_or_null(cJSON *obj, const char *key, const char *value)
@@ -242,15 +362,11 @@ static void add_ota_trio(cJSON *reported, const fleet_ota_target_t *t)
 
 static void publish_full_report(fleet_device_t *dev)
 {
-    char token[FLEET_TOKEN_MAX];
-    cJSON *doc = cJSON_CreateObject();
-    cJSON *state = cJSON_AddObjectToObject(doc, "state");
-    cJSON *reported = cJSON_AddObjectToObject(state, "reported");
+    cJSON *reported = cJSON_CreateObject();
     cJSON *tags;
 
     if (reported == NULL) {
-        cJSON_Delete(doc);
-        fleet_device_publish_json(dev, FLEET_TOPIC_SHADOW_UPDATE, NULL, NULL, 1, false);
+        submit_report(dev, NULL, true);
         return;
     }
     (void)cJSON_AddStringToObject(reported, "firmware_version", dev->firmware_version);
@@ -263,10 +379,7 @@ static void publish_full_report(fleet_device_t *dev)
     }
     add_ota_status(dev, reported);
     add_ota_trio(reported, &dev->ota.applied);
-    fleet_device_new_token(dev, token);
-    (void)cJSON_AddStringToObject(doc, "clientToken", token);
-    (void)fleet_strlcpy(dev->boot_report_token, token, sizeof(dev->boot_report_token));
-    fleet_device_publish_json(dev, FLEET_TOPIC_SHADOW_UPDATE, NULL, doc, 1, false);
+    submit_report(dev, reported, true);
 }
 
 static void publish_telemetry(fleet_device_t *dev, uint64_t now_ms)
@@ -320,6 +433,10 @@ void fleet_device_on_connect(fleet_device_t *dev)
     fleet_device_new_token(dev, token);
     (void)cJSON_AddStringToObject(get, "clientToken", token);
     fleet_device_publish_json(dev, FLEET_TOPIC_SHADOW_GET, NULL, get, 1, false);
+    if (dev->update_in_flight) {
+        /* Its answer may have been lost with the link: send it again before the report. */
+        retry_update(dev, port->uptime_ms(port->ctx));
+    }
     publish_full_report(dev);
     fleet_jobs_on_connect(dev);
     publish_telemetry(dev, port->uptime_ms(port->ctx));
@@ -523,11 +640,40 @@ static void log_rejection(fleet_device_t *dev, const char *what, const cJSON *do
                cJSON_IsNumber(code) ? code->valueint : 0, message != NULL ? message : "");
 }
 
+static bool is_update_in_flight(const fleet_device_t *dev, const char *token)
+{
+    return dev->update_in_flight && token != NULL && strcmp(token, dev->update_token) == 0;
+}
+
+static void handle_update_rejected(fleet_device_t *dev, const cJSON *doc)
+{
+    const char *token = fleet_document_string(doc, "clientToken");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(doc, "code");
+
+    if (!token_is_ours(dev, token)) {
+        return;
+    }
+    log_rejection(dev, "shadow update", doc);
+    dev->errors++;
+    if (!is_update_in_flight(dev, token)) {
+        return;
+    }
+    if (cJSON_IsNumber(code) && fleet_shadow_rejection_is_retryable(code->valueint)) {
+        return; /* sent again when this attempt's wait ends (the backoff) */
+    }
+    finish_update(dev); /* 400, 409, 413: the same request would be refused again */
+}
+
 static void handle_update_accepted(fleet_device_t *dev, const cJSON *doc)
 {
     const char *token = fleet_document_string(doc, "clientToken");
+    bool confirms = token != NULL && dev->boot_report_token[0] != '\0' &&
+                    strcmp(token, dev->boot_report_token) == 0;
 
-    if (token == NULL || strcmp(token, dev->boot_report_token) != 0 || !dev->pending_verify) {
+    if (is_update_in_flight(dev, token)) {
+        finish_update(dev);
+    }
+    if (!confirms || !dev->pending_verify) {
         return;
     }
     if (dev->port->slot_confirm(dev->port->ctx) != FLEET_OK) {
@@ -582,10 +728,7 @@ void fleet_device_on_message(fleet_device_t *dev, const char *topic, size_t topi
         handle_update_accepted(dev, doc);
         break;
     case FLEET_TOPIC_SHADOW_UPDATE_REJECTED:
-        if (token_is_ours(dev, fleet_document_string(doc, "clientToken"))) {
-            log_rejection(dev, "shadow update", doc);
-            dev->errors++;
-        }
+        handle_update_rejected(dev, doc);
         break;
     default:
         fleet_jobs_on_message(dev, kind, job_id, doc);
@@ -618,6 +761,7 @@ void fleet_device_tick(fleet_device_t *dev)
     }
     if (dev->ota.install_requested) {
         if (fleet_ota_install(&dev->ota, port, on_ota_status, dev) == FLEET_OK) {
+            fleet_device_flush_reports(dev);
             dev->rebooting = true;
             port->reboot(port->ctx);
             return;
@@ -628,11 +772,16 @@ void fleet_device_tick(fleet_device_t *dev)
     if (dev->connected && now >= dev->telemetry_due_ms) {
         publish_telemetry(dev, now);
     }
+    if (dev->update_in_flight && now >= dev->update_deadline_ms &&
+        (dev->connected || dev->update_attempts >= FLEET_SHADOW_ATTEMPTS_MAX)) {
+        retry_update(dev, now); /* offline: on_connect sends it again */
+    }
 }
 
 uint32_t fleet_device_next_wakeup_ms(const fleet_device_t *dev)
 {
     uint64_t now;
+    uint64_t due;
 
     if (dev->ota.install_requested) {
         return 0;
@@ -641,10 +790,14 @@ uint32_t fleet_device_next_wakeup_ms(const fleet_device_t *dev)
         return 1000;
     }
     now = dev->port->uptime_ms(dev->port->ctx);
-    if (now >= dev->telemetry_due_ms) {
+    due = dev->telemetry_due_ms;
+    if (dev->update_in_flight && dev->update_deadline_ms < due) {
+        due = dev->update_deadline_ms;
+    }
+    if (now >= due) {
         return 0;
     }
-    return dev->telemetry_due_ms - now > 1000u ? 1000u : (uint32_t)(dev->telemetry_due_ms - now);
+    return due - now > 1000u ? 1000u : (uint32_t)(due - now);
 }
 
 void fleet_device_power_off(fleet_device_t *dev)

@@ -10,8 +10,14 @@ void fleet_device_publish_json(fleet_device_t *dev, fleet_topic_id_t id, const c
                                cJSON *doc, int qos, bool retain);
 /* A fresh clientToken in buf (FLEET_TOKEN_MAX bytes). */
 void fleet_device_new_token(fleet_device_t *dev, char *buf);
-/* Publishes {"state":{"reported":reported},"clientToken":...}; takes ownership. */
+/*
+ * Reports {"state":{"reported":reported},"clientToken":...} under the retry contract
+ * (one update in flight; a report made meanwhile is merged into the queued one); takes
+ * ownership.
+ */
 void fleet_device_report(fleet_device_t *dev, cJSON *reported);
+/* Before a reboot: sends the queued report now (no retry can follow a reset). */
+void fleet_device_flush_reports(fleet_device_t *dev);
 /* Applies the known settings of d, persists them and adds them to patch. */
 void fleet_device_apply_settings(fleet_device_t *dev, const fleet_delta_t *d, cJSON *patch);
 

@@ -184,6 +184,7 @@ static void run_reboot(fleet_device_t *dev, const char *job_id)
     }
     (void)fleet_strlcpy(dev->jobs.reboot_job, job_id, sizeof(dev->jobs.reboot_job));
     FLEET_LOGI(port, TAG, "job %s: rebooting", job_id);
+    fleet_device_flush_reports(dev);
     dev->rebooting = true;
     port->reboot(port->ctx);
 }

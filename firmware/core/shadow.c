@@ -145,3 +145,46 @@ void fleet_shadow_merge_ota(fleet_ota_target_t *target, const fleet_delta_t *d)
         memcpy(target->sha256, d->ota.sha256, sizeof(target->sha256));
     }
 }
+
+uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt)
+{
+    uint32_t wait = base_ms != 0 ? base_ms : FLEET_SHADOW_RETRY_DEFAULT_MS;
+    unsigned i;
+
+    for (i = 1; i < attempt && wait < FLEET_SHADOW_RETRY_CAP_MS; i++) {
+        wait = wait > FLEET_SHADOW_RETRY_CAP_MS / 2 ? FLEET_SHADOW_RETRY_CAP_MS : wait * 2u;
+    }
+    return wait < FLEET_SHADOW_RETRY_CAP_MS ? wait : FLEET_SHADOW_RETRY_CAP_MS;
+}
+
+bool fleet_shadow_rejection_is_retryable(int code)
+{
+    return code == 500 || code == 429;
+}
+
+void fleet_shadow_merge_reported(cJSON *older, cJSON *newer)
+{
+    cJSON *item;
+
+    if (older == NULL || newer == NULL) {
+        cJSON_Delete(newer);
+        return;
+    }
+    while ((item = newer->child) != NULL) {
+        cJSON *mine;
+        char *key = item->string;
+
+        (void)cJSON_DetachItemViaPointer(newer, item);
+        mine = key != NULL ? cJSON_GetObjectItemCaseSensitive(older, key) : NULL;
+        if (key == NULL) {
+            cJSON_Delete(item);
+        } else if (cJSON_IsObject(mine) && cJSON_IsObject(item)) {
+            fleet_shadow_merge_reported(mine, item);
+        } else if (mine != NULL) {
+            (void)cJSON_ReplaceItemViaPointer(older, mine, item);
+        } else {
+            cJSON_AddItemToObject(older, key, item);
+        }
+    }
+    cJSON_Delete(newer);
+}

@@ -92,6 +92,7 @@ int app_run(const host_options_t *o)
     cfg.shadow_prefix = o->shadow_prefix;
     cfg.fleet_prefix = o->fleet_prefix;
     cfg.telemetry_interval_s = o->telemetry_interval_s;
+    cfg.shadow_retry_ms = (uint32_t)o->shadow_retry_s * 1000u;
     cfg.reset_reason = o->reset_reason;
     cfg.image_pending_verify = ota.pending;
     cfg.rollback_reason = rollback_reason[0] != '\0' ? rollback_reason : NULL;

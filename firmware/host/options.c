@@ -19,6 +19,7 @@ enum {
     OPT_FLEET_PREFIX,
     OPT_TELEMETRY_INTERVAL,
     OPT_CONFIRM_TIMEOUT,
+    OPT_SHADOW_RETRY_TIMEOUT,
     OPT_KEEPALIVE,
     OPT_LOCATION,
     OPT_LOG_LEVEL,
@@ -51,6 +52,8 @@ void options_usage(const char *argv0, bool to_stderr)
             "                             a shadow-set value stored in NVS wins)\n"
             "  --confirm-timeout S        roll back an updated image not confirmed within S\n"
             "                             seconds (default 30)\n"
+            "  --shadow-retry-timeout S   resend an unanswered shadow update (same clientToken)\n"
+            "                             after S seconds, doubling per attempt (default 5)\n"
             "  --keepalive S              MQTT keepalive (default 30)\n"
             "  --location LOC             self-reported tags.location\n"
             "  --log-level LEVEL          debug, info or warn (default info)\n"
@@ -110,6 +113,7 @@ int options_parse(host_options_t *o, int argc, char **argv)
         {"fleet-prefix", required_argument, NULL, OPT_FLEET_PREFIX},
         {"telemetry-interval", required_argument, NULL, OPT_TELEMETRY_INTERVAL},
         {"confirm-timeout", required_argument, NULL, OPT_CONFIRM_TIMEOUT},
+        {"shadow-retry-timeout", required_argument, NULL, OPT_SHADOW_RETRY_TIMEOUT},
         {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
         {"location", required_argument, NULL, OPT_LOCATION},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -132,6 +136,7 @@ int options_parse(host_options_t *o, int argc, char **argv)
     o->fleet_prefix = "fleet";
     o->telemetry_interval_s = 60;
     o->confirm_timeout_s = 30;
+    o->shadow_retry_s = 5;
     o->keepalive_s = 30;
     o->log_level = FLEET_LOG_INFO;
     o->reset_reason = FLEET_RESET_POWERON;
@@ -161,6 +166,11 @@ int options_parse(host_options_t *o, int argc, char **argv)
         case OPT_CONFIRM_TIMEOUT:
             if (parse_int(optarg, 1, 86400, &o->confirm_timeout_s) != 0) {
                 return bad(argv0, "--confirm-timeout (1..86400)", optarg);
+            }
+            break;
+        case OPT_SHADOW_RETRY_TIMEOUT:
+            if (parse_int(optarg, 1, 3600, &o->shadow_retry_s) != 0) {
+                return bad(argv0, "--shadow-retry-timeout (1..3600)", optarg);
             }
             break;
         case OPT_KEEPALIVE:

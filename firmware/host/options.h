@@ -19,6 +19,7 @@ typedef struct {
     const char *location;
     int telemetry_interval_s;
     int confirm_timeout_s;
+    int shadow_retry_s;
     int keepalive_s;
     fleet_log_level_t log_level;
     /* TLS: the broker's CA (turns TLS on; the server certificate is always verified),

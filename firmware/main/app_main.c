@@ -151,6 +151,7 @@ void app_main(void)
     cfg.shadow_prefix = CONFIG_FLEET_SHADOW_PREFIX;
     cfg.fleet_prefix = CONFIG_FLEET_FLEET_PREFIX;
     cfg.telemetry_interval_s = CONFIG_FLEET_TELEMETRY_INTERVAL_S;
+    cfg.shadow_retry_ms = (uint32_t)CONFIG_FLEET_SHADOW_RETRY_TIMEOUT_S * 1000u;
     cfg.image_pending_verify = running_image_pending_verify();
     cfg.rollback_reason = detect_rollback(rollback, sizeof(rollback));
     cfg.reset_reason = cfg.rollback_reason != NULL ? FLEET_RESET_OTA_ROLLBACK : reset_reason();

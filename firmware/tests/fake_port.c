@@ -330,12 +330,58 @@ void fake_nvs_put(fake_port_t *f, const char *key, const char *value)
     (void)f_nvs_set(f, key, value);
 }
 
+static void deliver_answer(fleet_device_t *dev, const char *suffix, const char *json)
+{
+    char topic[FLEET_TOPIC_MAX];
+
+    snprintf(topic, sizeof(topic), "%s/%s/%s", dev->shadow_prefix, dev->thing, suffix);
+    fleet_device_on_message(dev, topic, strlen(topic), json, strlen(json));
+}
+
+void fake_accept_update(fleet_device_t *dev)
+{
+    fake_port_t *f = dev->port->ctx;
+    char json[128];
+
+    if (!dev->update_in_flight) {
+        return;
+    }
+    snprintf(json, sizeof(json), "{\"state\":{},\"version\":%d,\"clientToken\":\"%s\"}",
+             ++f->accepted_version, dev->update_token);
+    deliver_answer(dev, "shadow/update/accepted", json);
+}
+
+void fake_reject_update(fleet_device_t *dev, int code)
+{
+    char json[128];
+
+    if (!dev->update_in_flight) {
+        return;
+    }
+    snprintf(json, sizeof(json), "{\"code\":%d,\"message\":\"test\",\"clientToken\":\"%s\"}",
+             code, dev->update_token);
+    deliver_answer(dev, "shadow/update/rejected", json);
+}
+
+static void answer_updates(fleet_device_t *dev)
+{
+    fake_port_t *f = dev->port->ctx;
+    int n;
+
+    /* Not while an OTA install is due: the device blocks in it before any answer. */
+    for (n = 0; f->auto_accept && dev->update_in_flight && !dev->ota.install_requested && n < 8;
+         n++) {
+        fake_accept_update(dev);
+    }
+}
+
 void fake_deliver(fleet_device_t *dev, const char *suffix, const char *json)
 {
     char topic[FLEET_TOPIC_MAX];
 
     snprintf(topic, sizeof(topic), "%s/%s/%s", dev->shadow_prefix, dev->thing, suffix);
     fleet_device_on_message(dev, topic, strlen(topic), json, strlen(json));
+    answer_updates(dev);
 }
 
 fleet_device_config_t fake_config(void)

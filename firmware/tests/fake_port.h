@@ -58,6 +58,10 @@ typedef struct {
     uint32_t rng;
     bool led;
     bool verbose;
+    /* fake_deliver then answers the device's shadow update in flight with accepted, as
+     * a service that answers at once would (off: the test answers, or withholds). */
+    bool auto_accept;
+    int accepted_version;
 } fake_port_t;
 
 void fake_port_init(fake_port_t *f, fleet_port_t *port);
@@ -78,6 +82,11 @@ void fake_nvs_put(fake_port_t *f, const char *key, const char *value);
 
 /* Sends a JSON text to the device on "{prefix}/{thing}/{suffix}". */
 void fake_deliver(fleet_device_t *dev, const char *suffix, const char *json);
+
+/* Answers the device's shadow update in flight (if any) with accepted. */
+void fake_accept_update(fleet_device_t *dev);
+/* Answers it with rejected and this code. */
+void fake_reject_update(fleet_device_t *dev, int code);
 
 /* A standard config: thing "dev-1", hw "rev-a", firmware "2.2.0". */
 fleet_device_config_t fake_config(void);

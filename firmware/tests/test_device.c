@@ -42,6 +42,8 @@ static rig_t *connected_rig(void)
     rig_t *r = rig_new(&cfg, NULL);
 
     fleet_device_on_connect(&r->dev);
+    fake_accept_update(&r->dev); /* the boot report */
+    r->f.auto_accept = true;
     fake_port_clear_publishes(&r->f);
     return r;
 }
@@ -308,8 +310,10 @@ TEST(test_ota_delta_downloads_verifies_applies_and_reboots)
     fleet_device_tick(&r->dev);
     CHECK_EQ_INT(r->f.reboots, 1);
     CHECK(r->dev.rebooting);
+    /* "downloading" is in flight during the install (its answer waits for it), so
+     * "verifying" was queued and "applying" replaced it; the queue goes before the reboot. */
     n = fake_count(&r->f, "shadow/update");
-    CHECK_EQ_INT(n, 3);
+    CHECK_EQ_INT(n, 2);
     for (i = 0; i < n && i < 4; i++) {
         cJSON *doc = cJSON_Parse(fake_nth(&r->f, "shadow/update", i)->payload);
         const cJSON *s = fake_path(doc, "state.reported.ota_status");
@@ -321,8 +325,7 @@ TEST(test_ota_delta_downloads_verifies_applies_and_reboots)
         cJSON_Delete(doc);
     }
     CHECK_EQ_STR(statuses[0], "downloading");
-    CHECK_EQ_STR(statuses[1], "verifying");
-    CHECK_EQ_STR(statuses[2], "applying");
+    CHECK_EQ_STR(statuses[1], "applying");
     /* Nothing else happens while rebooting. */
     fake_deliver(&r->dev, "shadow/update/delta", "{\"state\":{\"led_is_on\":true},\"version\":9}");
     CHECK(!r->dev.settings.led_is_on);
@@ -338,6 +341,11 @@ TEST(test_ota_bad_sha_fails_once_and_is_not_retried)
     desired_ota(r, SHA_B, 3);
     fleet_device_tick(&r->dev);
     CHECK_EQ_INT(r->f.reboots, 0);
+    /* "failed" waits for the answer to "downloading", in flight during the install. */
+    report = fake_last_json(&r->f, "shadow/update");
+    CHECK_EQ_STR(str_at(report, "state.reported.ota_status"), "downloading");
+    cJSON_Delete(report);
+    fake_accept_update(&r->dev);
     report = fake_last_json(&r->f, "shadow/update");
     CHECK_EQ_STR(str_at(report, "state.reported.ota_status"), "failed");
     CHECK_EQ_STR(str_at(report, "state.reported.ota_error"), "sha256 mismatch");
@@ -514,6 +522,226 @@ TEST(test_disconnected_device_does_not_publish_telemetry)
     rig_free(r);
 }
 
+
+/* ------------------------------------------------------------------ retry contract */
+
+/* A connected device whose boot report was accepted; the test answers (or not) itself. */
+static rig_t *quiet_rig(uint32_t retry_ms)
+{
+    fleet_device_config_t cfg = fake_config();
+    rig_t *r;
+
+    cfg.shadow_retry_ms = retry_ms;
+    r = rig_new(&cfg, NULL);
+    fleet_device_on_connect(&r->dev);
+    fake_accept_update(&r->dev);
+    fake_port_clear_publishes(&r->f);
+    return r;
+}
+
+static void led_delta(rig_t *r, bool on, int version)
+{
+    char msg[96];
+
+    snprintf(msg, sizeof(msg), "{\"state\":{\"led_is_on\":%s},\"version\":%d}",
+             on ? "true" : "false", version);
+    fake_deliver(&r->dev, "shadow/update/delta", msg);
+}
+
+static const char *update_payload(const rig_t *r, size_t n)
+{
+    const fake_publish_t *p = fake_nth(&r->f, "shadow/update", n);
+
+    return p != NULL ? p->payload : NULL;
+}
+
+/* Advances the clock by ms and ticks the device as its task would. */
+static void run_for(rig_t *r, uint64_t ms)
+{
+    uint64_t end = r->f.now_ms + ms;
+
+    while (r->f.now_ms < end) {
+        uint32_t wait = fleet_device_next_wakeup_ms(&r->dev);
+        r->f.now_ms += wait == 0 ? 1 : wait;
+        if (r->f.now_ms > end) {
+            r->f.now_ms = end;
+        }
+        fleet_device_tick(&r->dev);
+    }
+}
+
+TEST(test_unanswered_update_is_resent_with_the_same_token_and_payload)
+{
+    rig_t *r = quiet_rig(2000);
+
+    led_delta(r, true, 2);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
+    run_for(r, 1999);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
+    run_for(r, 1);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
+    /* The next wait doubles: 4 s. */
+    run_for(r, 3999);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    run_for(r, 1);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    CHECK_EQ_STR(update_payload(r, 2), update_payload(r, 0));
+    /* Answered at last: no more resends, however long we wait. */
+    fake_accept_update(&r->dev);
+    run_for(r, 600000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    rig_free(r);
+}
+
+TEST(test_update_unanswered_after_the_last_attempt_is_given_up)
+{
+    rig_t *r = quiet_rig(2000);
+    uint32_t errors;
+
+    led_delta(r, true, 2);
+    errors = r->dev.errors;
+    run_for(r, 2000u + 4000u + 8000u + 16000u); /* attempts 2..5 */
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), FLEET_SHADOW_ATTEMPTS_MAX);
+    CHECK(r->dev.update_in_flight);
+    run_for(r, 32000);
+    CHECK(!r->dev.update_in_flight);
+    CHECK_EQ_INT(r->dev.errors, errors + 1);
+    run_for(r, 600000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), FLEET_SHADOW_ATTEMPTS_MAX);
+    rig_free(r);
+}
+
+TEST(test_update_rejected_500_or_429_is_resent_after_the_wait)
+{
+    rig_t *r = quiet_rig(2000);
+
+    led_delta(r, true, 2);
+    fake_reject_update(&r->dev, 500);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1); /* not at once: backoff */
+    run_for(r, 2000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
+    fake_reject_update(&r->dev, 429);
+    run_for(r, 4000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    CHECK_EQ_STR(update_payload(r, 2), update_payload(r, 0));
+    fake_accept_update(&r->dev);
+    run_for(r, 600000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    rig_free(r);
+}
+
+TEST(test_accepted_update_is_not_resent)
+{
+    rig_t *r = quiet_rig(2000);
+
+    led_delta(r, true, 2);
+    fake_accept_update(&r->dev);
+    CHECK(!r->dev.update_in_flight);
+    run_for(r, 600000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
+    rig_free(r);
+}
+
+TEST(test_update_rejected_400_or_409_is_not_resent)
+{
+    int codes[] = {400, 409};
+    size_t i;
+
+    for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        rig_t *r = quiet_rig(2000);
+
+        led_delta(r, true, 2);
+        fake_reject_update(&r->dev, codes[i]);
+        CHECK(!r->dev.update_in_flight);
+        run_for(r, 600000);
+        CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
+        rig_free(r);
+    }
+}
+
+TEST(test_another_clients_answer_does_not_finish_the_update_in_flight)
+{
+    rig_t *r = quiet_rig(2000);
+
+    led_delta(r, true, 2);
+    fake_deliver(&r->dev, "shadow/update/accepted", "{\"clientToken\":\"console-1\",\"version\":3}");
+    fake_deliver(&r->dev, "shadow/update/rejected",
+                 "{\"code\":400,\"message\":\"bad\",\"clientToken\":\"console-2\"}");
+    CHECK(r->dev.update_in_flight);
+    run_for(r, 2000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    rig_free(r);
+}
+
+TEST(test_one_update_in_flight_newer_reports_merge_into_the_queued_one)
+{
+    rig_t *r = quiet_rig(2000);
+    cJSON *first;
+    cJSON *next;
+
+    led_delta(r, true, 2);
+    fake_deliver(&r->dev, "shadow/update/delta", "{\"state\":{\"telemetry_interval_s\":9},\"version\":3}");
+    led_delta(r, false, 4);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1); /* the others wait */
+    /* A retry is still the first update, not the merged one. */
+    run_for(r, 2000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
+    fake_accept_update(&r->dev);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    first = cJSON_Parse(update_payload(r, 0));
+    next = cJSON_Parse(update_payload(r, 2));
+    CHECK(cJSON_IsTrue(fake_path(first, "state.reported.led_is_on")));
+    CHECK(cJSON_IsFalse(fake_path(next, "state.reported.led_is_on")));
+    CHECK_EQ_INT(fake_path(next, "state.reported.telemetry_interval_s")->valueint, 9);
+    CHECK(strcmp(str_at(first, "clientToken"), str_at(next, "clientToken")) != 0);
+    cJSON_Delete(first);
+    cJSON_Delete(next);
+    fake_accept_update(&r->dev);
+    run_for(r, 600000);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    rig_free(r);
+}
+
+TEST(test_reconnect_resends_the_update_in_flight_before_the_full_report)
+{
+    rig_t *r = quiet_rig(2000);
+    cJSON *full;
+
+    led_delta(r, true, 2);
+    fleet_device_on_disconnect(&r->dev);
+    run_for(r, 10000); /* offline: nothing sent */
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
+    fleet_device_on_connect(&r->dev);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
+    fake_accept_update(&r->dev);
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);
+    full = cJSON_Parse(update_payload(r, 2));
+    CHECK_EQ_STR(str_at(full, "state.reported.firmware_version"), "2.2.0");
+    cJSON_Delete(full);
+    rig_free(r);
+}
+
+TEST(test_queued_boot_report_still_confirms_a_pending_image)
+{
+    fleet_device_config_t cfg = fake_config();
+    rig_t *r;
+
+    cfg.image_pending_verify = true;
+    r = rig_new(&cfg, NULL);
+    fleet_device_on_connect(&r->dev);
+    fleet_device_on_disconnect(&r->dev); /* the boot report's answer is lost */
+    fleet_device_on_connect(&r->dev);     /* resent; a second full report queues behind */
+    CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
+    CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
+    fake_accept_update(&r->dev);
+    CHECK_EQ_INT(r->f.confirms, 1);
+    rig_free(r);
+}
+
 int main(void)
 {
     RUN(test_connect_subscribes_announces_gets_reports_and_pulls_jobs);
@@ -536,5 +764,14 @@ int main(void)
     RUN(test_custom_prefixes_are_used);
     RUN(test_power_off_publishes_offline_presence);
     RUN(test_disconnected_device_does_not_publish_telemetry);
+    RUN(test_unanswered_update_is_resent_with_the_same_token_and_payload);
+    RUN(test_update_unanswered_after_the_last_attempt_is_given_up);
+    RUN(test_update_rejected_500_or_429_is_resent_after_the_wait);
+    RUN(test_accepted_update_is_not_resent);
+    RUN(test_update_rejected_400_or_409_is_not_resent);
+    RUN(test_another_clients_answer_does_not_finish_the_update_in_flight);
+    RUN(test_one_update_in_flight_newer_reports_merge_into_the_queued_one);
+    RUN(test_reconnect_resends_the_update_in_flight_before_the_full_report);
+    RUN(test_queued_boot_report_still_confirms_a_pending_image);
     return HARNESS_RESULT();
 }

@@ -26,6 +26,8 @@ static rig_t *rig_with(void (*prepare)(fake_port_t *), fleet_reset_reason_t rese
         abort();
     }
     fleet_device_on_connect(&r->dev);
+    fake_accept_update(&r->dev); /* the boot report */
+    r->f.auto_accept = true;
     return r;
 }
 

@@ -169,6 +169,46 @@ TEST(test_merge_overlays_only_present_ota_keys)
     CHECK_EQ_STR(t.sha256, SHA_A);
 }
 
+
+TEST(test_retry_wait_doubles_per_attempt_up_to_the_cap)
+{
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(0, 1), FLEET_SHADOW_RETRY_DEFAULT_MS);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 1), 2000);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 2), 4000);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 3), 8000);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(5000, 5), 60000);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(5000, 40), FLEET_SHADOW_RETRY_CAP_MS);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(4000000000u, 1), FLEET_SHADOW_RETRY_CAP_MS);
+}
+
+TEST(test_only_500_and_429_are_retried)
+{
+    CHECK(fleet_shadow_rejection_is_retryable(500));
+    CHECK(fleet_shadow_rejection_is_retryable(429));
+    CHECK(!fleet_shadow_rejection_is_retryable(400));
+    CHECK(!fleet_shadow_rejection_is_retryable(409));
+    CHECK(!fleet_shadow_rejection_is_retryable(413));
+    CHECK(!fleet_shadow_rejection_is_retryable(0));
+}
+
+TEST(test_merge_reported_overlays_newer_values_and_keeps_nulls)
+{
+    cJSON *older = cJSON_Parse("{\"ota_status\":\"verifying\",\"ota_error\":null,"
+                               "\"tags\":{\"location\":\"lab\"},\"rejected_keys\":[\"a\",\"b\"]}");
+    cJSON *newer = cJSON_Parse("{\"ota_status\":\"failed\",\"ota_error\":\"sha256 mismatch\","
+                               "\"tags\":{\"room\":\"2\"},\"rejected_keys\":null,"
+                               "\"led_is_on\":true}");
+    char *text;
+
+    fleet_shadow_merge_reported(older, newer);
+    text = cJSON_PrintUnformatted(older);
+    CHECK_EQ_STR(text, "{\"ota_status\":\"failed\",\"ota_error\":\"sha256 mismatch\","
+                       "\"tags\":{\"location\":\"lab\",\"room\":\"2\"},\"rejected_keys\":null,"
+                       "\"led_is_on\":true}");
+    cJSON_free(text);
+    cJSON_Delete(older);
+}
+
 int main(void)
 {
     RUN(test_known_keys_are_applied);
@@ -181,5 +221,8 @@ int main(void)
     RUN(test_many_rejections_are_bounded);
     RUN(test_non_object_state_is_empty);
     RUN(test_merge_overlays_only_present_ota_keys);
+    RUN(test_retry_wait_doubles_per_attempt_up_to_the_cap);
+    RUN(test_only_500_and_429_are_retried);
+    RUN(test_merge_reported_overlays_newer_values_and_keeps_nulls);
     return HARNESS_RESULT();
 }

@@ -48,7 +48,7 @@ from fleet_tui.domain.jobs import (
 )
 from fleet_tui.domain.version import VersionError, parse_version
 from fleet_tui.registry.jobs_store import ExecutionRow, JobRow
-from fleet_tui.registry.registry import Registry
+from fleet_tui.registry.registry import NotFound, Registry
 from fleet_tui.service.events import EventBus, PresenceChanged, ShadowChanged, TelemetryReceived
 from fleet_tui.service.outbox import Outgoing
 from fleet_tui.service.topics import JobsTopic, Topics, valid_thing
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
 LEASE = "engine"
 OTA_KEYS = ("target_version", "ota_url", "ota_sha256")
+REDRIVE_MAX = 3  # desired OTA writes again per execution (settings.jobs.redrive_s)
 
 
 def same_version(a: object, b: object) -> bool:
@@ -79,6 +80,10 @@ class Watch:
     seen_at: float | None = None  # first report of the new version (after the reboot)
     healthy_since: float | None = None
     phase: str = ""
+    # When its desired OTA state was last written (0: by an engine before a takeover), and
+    # how often again since: see JobsEngine._redrive.
+    driven_at: float = 0.0
+    redrives: int = 0
 
 
 @dataclass(slots=True)
@@ -119,6 +124,7 @@ class JobsEngine:
         self.dirty: set[str] = set()
         self._job_types: dict[str, str] = {}
         self._last_cancel_scan = 0.0
+        self._last_redrive_scan = 0.0
         self.rollouts: Any = None  # RolloutEngine, set by the service
         # Automation (service/automation.py) hooks in here, kept small on purpose:
         # participants' ``prepare(now)`` runs before each tick takes the lock (heavy reads
@@ -341,6 +347,7 @@ class JobsEngine:
             for job_id, notes in details.items():
                 self.registry.jobs.set_details(conn, job_id, notes, now)
             self._drop_canceled(conn, now, result)
+            self._redrive(now, result)
             for job in jobs:
                 self._tick_job(conn, job, now, result)
             if self.rollouts is not None:
@@ -373,6 +380,49 @@ class JobsEngine:
         for entry in later:
             heapq.heappush(heap, entry)
         return due
+
+    def _redrive(self, now: float, result: TickResult) -> None:
+        """Write the desired OTA state again where a killed worker may have lost it.
+
+        An execution is durable before its desired write, and that write can die with a
+        worker: the engine's own, not yet committed (then a takeover: ``driven_at`` 0); one
+        forwarded to a partition owner that died; or the delta an owner had not published.
+        So a watched execution without a sign from its device is written again when its
+        shadow's desired state lacks the target ``redrive_s`` after the write (at once after
+        a takeover), or when its online device still shows nothing ``2 * redrive_s`` after
+        the write (or the takeover); at most REDRIVE_MAX times. The same desired values
+        only send the delta again, which a device that already has it ignores."""
+        every = self.settings.jobs.redrive_s
+        if every <= 0 or now - self._last_redrive_scan < min(every / 2, 1.0):
+            return
+        self._last_redrive_scan = now
+        for thing, w in self.watch.items():
+            if (w.phase or w.seen_at is not None or w.redrives >= REDRIVE_MAX
+                    or thing in result.desired):
+                continue
+            age = now - w.driven_at
+            if w.driven_at and age < every:
+                continue
+            doc = self.shadows.peek(thing)
+            desired = doc.desired if doc is not None else {}
+            reported = doc.reported if doc is not None else {}
+            if same_version(reported.get("firmware_version"), w.target):
+                continue  # updated: its evaluation follows
+            stored = same_version(desired.get("target_version"), w.target)
+            if stored and not w.driven_at:
+                w.driven_at = now  # watched since a takeover: its delta's age counts from now
+                continue
+            if stored and (age < 2 * every or not self.presence.online.get(thing)):
+                continue  # an offline device reads the stored state when it connects
+            w.driven_at = now
+            w.redrives += 1
+            try:
+                result.desired[thing] = self._desired_for(w.target)
+            except NotFound:  # the release went away: its timeout will end the execution
+                w.redrives = REDRIVE_MAX
+                continue
+            log.info("job engine: %s shows no sign of %s (job %s); writing its desired "
+                     "OTA state again", thing, w.target, w.job_id)
 
     def _drop_canceled(self, conn: Any, now: float, result: TickResult) -> None:
         """Force-canceled firmware executions (by anyone, e.g. the CLI): clear the desired
@@ -432,7 +482,8 @@ class JobsEngine:
             for e in released:
                 if shadow:
                     target = self._target_of(job, e)
-                    self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s)
+                    self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s,
+                                                    driven_at=now)
                     if target not in desired:
                         desired[target] = self._desired_for(target)
                     result.desired[e.device_id] = desired[target]

@@ -55,6 +55,9 @@ def register(sub: Any) -> None:
                    help="resolve relative ota_url values against this URL")
     p.add_argument("--confirm-timeout", type=float, default=30.0, metavar="S",
                    help="roll back an updated image not confirmed within S seconds (30)")
+    p.add_argument("--shadow-retry-timeout", type=float, default=5.0, metavar="S",
+                   help="resend an unanswered shadow update (same clientToken) after S "
+                        "seconds, doubling per attempt (5)")
     p.add_argument("--boot-delay", type=float, default=0.5, metavar="S",
                    help="seconds a reboot keeps the device offline (0.5)")
     p.add_argument("--connect-rate", type=float, default=1000.0, metavar="N",
@@ -90,6 +93,7 @@ def build_configs(args: argparse.Namespace, settings: Settings) -> list[DeviceCo
         "telemetry_interval_s": args.telemetry_interval,
         "confirm_timeout_s": args.confirm_timeout,
         "boot_delay_s": args.boot_delay,
+        "shadow_retry_s": args.shadow_retry_timeout,
         "firmware_base_url": args.firmware_base_url,
     }
     try:

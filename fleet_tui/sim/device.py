@@ -17,6 +17,10 @@ Lifecycle (what the runner does with the actions)::
                      wait d seconds, then boot() -> [Connect] or another [Restart] (crash)
     DropConnection(d) -> flaky link: drop it, reconnect after d seconds (the app keeps running)
 
+Shadow updates follow the retry contract as ``device.c`` does (docs/scale-out.md): one
+in flight, resent with the same clientToken and bytes on timeout (``tick``), 500 or 429,
+newer reports merged into one queued behind it.
+
 Deliberate differences from the C code: an OTA download runs asynchronously (the C device
 blocks in it; here incoming messages are held back and telemetry paused while it runs, so
 the observable behaviour is the same), and with ``firmware_base_url`` set a relative
@@ -42,6 +46,8 @@ from fleet_tui.sim.protocol import (
     KEY_MAX,
     PRESENCE_OFFLINE,
     REJECTED_MAX,
+    SHADOW_ATTEMPTS_MAX,
+    SHADOW_RETRY_DEFAULT_S,
     TELEMETRY_MAX_S,
     TELEMETRY_MIN_S,
     Delta,
@@ -53,11 +59,14 @@ from fleet_tui.sim.protocol import (
     doc_string,
     job_id_is_valid,
     json_number,
+    merge_reported,
     parse_delta,
     parse_document,
     parse_image_header,
+    rejection_is_retryable,
     same_sha,
     sha256_hex_is_valid,
+    shadow_retry_wait_s,
     thing_name_is_valid,
     url_is_valid,
     version_compare,
@@ -153,6 +162,9 @@ class DeviceConfig:
     confirm_timeout_s: float = 30.0
     boot_delay_s: float = 0.5
     firmware_base_url: str | None = None
+    # The retry contract: an unanswered shadow update is sent again after this long
+    # (doubling per attempt); the C device's shadow_retry_ms.
+    shadow_retry_s: float = SHADOW_RETRY_DEFAULT_S
 
     def validate(self) -> None:
         if not thing_name_is_valid(self.thing):
@@ -165,6 +177,8 @@ class DeviceConfig:
             raise ValueError(f"{self.thing}: location longer than 64 characters")
         if not TELEMETRY_MIN_S <= self.telemetry_interval_s <= TELEMETRY_MAX_S:
             raise ValueError("telemetry interval must be 1..86400 s")
+        if not 0 < self.shadow_retry_s <= 3600:
+            raise ValueError("shadow retry timeout must be in (0, 3600] s")
 
 
 # ------------------------------------------------------------------------------- flash
@@ -220,6 +234,19 @@ K_FAILED = ("ota_fail_ver", None, "ota_fail_sha")
 K_PENDING = ("ota_pend_ver", "ota_pend_url", "ota_pend_sha")
 
 
+# ----------------------------------------------------------------------- shadow updates
+
+
+@dataclass
+class ShadowUpdate:
+    """The one shadow update in flight, kept as sent: a retry is the same token and bytes."""
+
+    token: str
+    payload: bytes
+    attempts: int
+    deadline: float
+
+
 # ------------------------------------------------------------------------------ device
 
 
@@ -249,6 +276,7 @@ class Device:
 
     def _init_volatile(self, now: float) -> None:
         self.boot_time = now
+        self.clock = now  # the time of the event being handled (deadlines start from it)
         self.confirm_deadline: float | None = None
         self.pending_verify = False
         self.token_seq = 0
@@ -271,6 +299,10 @@ class Device:
         self.last_delta_fingerprint = 0
         self.reported_rejected = ""
         self.reported_rejected_known = False
+        # The retry contract: one update in flight; newer reports merge into the queued one.
+        self.update_in_flight: ShadowUpdate | None = None
+        self.update_queued: dict[str, Any] | None = None
+        self.update_queued_full = False
         self.jobs_state = "idle"  # idle | wait_start_next | wait_update
         self.current_job = ""
         self.rejected_job = ""
@@ -417,9 +449,54 @@ class Device:
                  retain: bool = False, job_id: str | None = None) -> None:
         out.append(Publish(self.topics.build(kind, job_id), _dumps(doc), qos, retain))
 
-    def _report(self, out: list[Action], reported: dict[str, Any]) -> None:
-        self._publish(out, Topic.SHADOW_UPDATE,
-                      {"state": {"reported": reported}, "clientToken": self._token()})
+    def _report(self, out: list[Action], reported: dict[str, Any], full: bool = False) -> None:
+        """Report under the retry contract: one update in flight per shadow; a report made
+        meanwhile waits, merged into the queued one (``submit_report`` in device.c)."""
+        if self.update_in_flight is None:
+            self._send_update(out, reported, full)
+            return
+        if self.update_queued is None:
+            self.update_queued = {}
+        merge_reported(self.update_queued, reported)
+        self.update_queued_full = self.update_queued_full or full
+
+    def _send_update(self, out: list[Action], reported: dict[str, Any], full: bool) -> None:
+        token = self._token()
+        payload = _dumps({"state": {"reported": reported}, "clientToken": token})
+        if full:
+            self.boot_report_token = token
+        self.update_in_flight = ShadowUpdate(
+            token, payload, 1, self.clock + shadow_retry_wait_s(self.cfg.shadow_retry_s, 1))
+        out.append(Publish(self.topics.build(Topic.SHADOW_UPDATE), payload, 1))
+
+    def _send_queued(self, out: list[Action]) -> None:
+        queued, self.update_queued = self.update_queued, None
+        full, self.update_queued_full = self.update_queued_full, False
+        if queued is not None:
+            self._send_update(out, queued, full)
+
+    def _finish_update(self, out: list[Action]) -> None:
+        """The update in flight is done (answered, refused or given up): the queued goes."""
+        self.update_in_flight = None
+        self._send_queued(out)
+
+    def _retry_update(self, out: list[Action], now: float) -> None:
+        update = self.update_in_flight
+        assert update is not None
+        if update.attempts >= SHADOW_ATTEMPTS_MAX:
+            log.warning("%s: shadow update %s unanswered after %d attempts; giving up",
+                        self.cfg.thing, update.token, update.attempts)
+            self.errors += 1
+            self._finish_update(out)
+            return
+        update.attempts += 1
+        update.deadline = now + shadow_retry_wait_s(self.cfg.shadow_retry_s, update.attempts)
+        log.info("%s: shadow update %s: attempt %d", self.cfg.thing, update.token,
+                 update.attempts)
+        out.append(Publish(self.topics.build(Topic.SHADOW_UPDATE), update.payload, 1))
+
+    def _is_in_flight(self, token: str | None) -> bool:
+        return self.update_in_flight is not None and token == self.update_in_flight.token
 
     def _add_ota_status(self, patch: dict[str, Any]) -> None:
         patch["ota_status"] = self.ota_status
@@ -432,6 +509,9 @@ class Device:
         patch["ota_sha256"] = _str_or_none(t.sha256)
 
     def _full_report(self, out: list[Action]) -> None:
+        self._report(out, self._full_reported(), full=True)
+
+    def _full_reported(self) -> dict[str, Any]:
         reported: dict[str, Any] = {
             "firmware_version": self.firmware_version,
             "hardware_rev": self.cfg.hardware_rev,
@@ -442,10 +522,7 @@ class Device:
             reported["tags"] = {"location": self.cfg.location}
         self._add_ota_status(reported)
         self._add_ota_trio(reported, self.ota_applied)
-        token = self._token()
-        self.boot_report_token = token
-        self._publish(out, Topic.SHADOW_UPDATE, {"state": {"reported": reported},
-                                                 "clientToken": token})
+        return reported
 
     # ------------------------------------------------------------------ sensors
 
@@ -498,6 +575,7 @@ class Device:
         out: list[Action] = []
         if not self.running:
             return out
+        self.clock = now
         self.connected = True
         self.connections += 1
         self.have_delta_version = False
@@ -511,6 +589,9 @@ class Device:
             "ts": int(now + self.wall_offset),
         }, qos=1, retain=True)
         self._publish(out, Topic.SHADOW_GET, {"clientToken": self._token()})
+        if self.update_in_flight is not None:
+            # Its answer may have been lost with the link: send it again before the report.
+            self._retry_update(out, now)
         self._full_report(out)
         self._jobs_on_connect(out)
         self._publish_telemetry(out, now)
@@ -543,6 +624,10 @@ class Device:
             times.append(self.telemetry_due)
             if self.next_drop is not None:
                 times.append(self.next_drop)
+        update = self.update_in_flight
+        if update is not None and not self.installing and (
+                self.connected or update.attempts >= SHADOW_ATTEMPTS_MAX):
+            times.append(update.deadline)
         if self.profile.leak_bytes_per_s is not None:
             headroom = self.heap_free - LEAK_PANIC_HEAP
             times.append(self.boot_time + max(headroom, 0) / self.profile.leak_bytes_per_s)
@@ -552,6 +637,7 @@ class Device:
         out: list[Action] = []
         if not self.running:
             return out
+        self.clock = now
         if self.confirm_deadline is not None and now >= self.confirm_deadline:
             if self.flash.pending:
                 # The bootloader kills the unconfirmed image and boots the previous one.
@@ -572,6 +658,10 @@ class Device:
             return [DropConnection(self.rng.uniform(1.0, 15.0))]
         if self.connected and now >= self.telemetry_due:
             self._publish_telemetry(out, now)
+        update = self.update_in_flight
+        if update is not None and now >= update.deadline and (
+                self.connected or update.attempts >= SHADOW_ATTEMPTS_MAX):
+            self._retry_update(out, now)  # offline: on_connect sends it again
         return out
 
     # ------------------------------------------------------------------ messages
@@ -587,6 +677,7 @@ class Device:
         return out
 
     def _handle_message(self, out: list[Action], now: float, topic: str, payload: bytes) -> None:
+        self.clock = now
         kind, job_id = self.topics.parse(topic)
         if kind is Topic.UNKNOWN:
             return
@@ -605,12 +696,9 @@ class Device:
                 self.reported_rejected = ""  # no shadow: nothing rejected in it
                 self.reported_rejected_known = True
         elif kind is Topic.SHADOW_UPDATE_ACCEPTED:
-            self._handle_update_accepted(doc)
+            self._handle_update_accepted(out, doc)
         elif kind is Topic.SHADOW_UPDATE_REJECTED:
-            if self._token_is_ours(doc_string(doc, "clientToken")):
-                log.info("%s: shadow update rejected: %s %s", self.cfg.thing, doc.get("code"),
-                         doc.get("message"))
-                self.errors += 1
+            self._handle_update_rejected(out, doc)
         else:
             self._jobs_on_message(out, now, kind, job_id, doc)
         self._maybe_start_install(out)
@@ -711,9 +799,25 @@ class Device:
         self.reported_rejected_known = True
         self._handle_delta(out, doc_object(state, "delta"), doc.get("version"), True)
 
-    def _handle_update_accepted(self, doc: dict[str, Any]) -> None:
+    def _handle_update_rejected(self, out: list[Action], doc: dict[str, Any]) -> None:
         token = doc_string(doc, "clientToken")
-        if token is None or token != self.boot_report_token or not self.pending_verify:
+        if not self._token_is_ours(token):
+            return
+        log.info("%s: shadow update rejected: %s %s", self.cfg.thing, doc.get("code"),
+                 doc.get("message"))
+        self.errors += 1
+        if not self._is_in_flight(token):
+            return
+        if rejection_is_retryable(doc.get("code")):
+            return  # sent again when this attempt's wait ends (the backoff)
+        self._finish_update(out)  # 400, 409, 413: the same request would be refused again
+
+    def _handle_update_accepted(self, out: list[Action], doc: dict[str, Any]) -> None:
+        token = doc_string(doc, "clientToken")
+        confirms = bool(token) and token == self.boot_report_token
+        if self._is_in_flight(token):
+            self._finish_update(out)
+        if not confirms or not self.pending_verify:
             return
         self.flash.pending = False  # slot_confirm: cancels the bootloader's rollback
         self.flash.boot_attempts = 0
@@ -744,6 +848,7 @@ class Device:
         out: list[Action] = []
         if not self.running or not self.installing:
             return out
+        self.clock = now
         if data is None or error is not None:
             self._ota_fail(out, f"download failed: {error or 'unknown error'}")
         elif len(data) > 16 * 1024 * 1024:
@@ -805,16 +910,18 @@ class Device:
         self._ota_report_status(out)
         log.info("%s: image %s verified and activated; rebooting", self.cfg.thing,
                  header.version)
-        out.append(self._reboot("ota"))
+        self._reboot(out, "ota")
         return out
 
-    def _reboot(self, why: str) -> Restart:
-        """A software reboot: flush QoS 1, drop the link (last will), boot again."""
+    def _reboot(self, out: list[Action], why: str) -> None:
+        """A software reboot: send the queued report (no retry can follow a reset), flush
+        QoS 1, drop the link (last will), boot again."""
+        self._send_queued(out)
         self.running = self.connected = self.installing = False
         self.deferred = []
         self.reset_reason = "sw_reboot"
         self.crash_streak = 0
-        return Restart(self.cfg.boot_delay_s, flush=True, reason=why)
+        out.append(Restart(self.cfg.boot_delay_s, flush=True, reason=why))
 
     # ------------------------------------------------------------------ jobs
 
@@ -870,7 +977,7 @@ class Device:
             self.flash.nvs_set(K_REBOOT_JOB, job_id)
             self.reboot_job = job_id
             log.info("%s: job %s: rebooting", self.cfg.thing, job_id)
-            out.append(self._reboot("job"))
+            self._reboot(out, "job")
         elif operation == "diagnostic":
             self._job_update(out, job_id, "SUCCEEDED", {
                 "heap_free": str(self.reading_heap_free(now)),
@@ -956,13 +1063,7 @@ class Device:
 
     def reported_state(self) -> dict[str, Any]:
         """What the device would report in a full report now (for tests and the CLI)."""
-        out: list[Action] = []
-        saved = self.token_seq, self.boot_report_token
-        self._full_report(out)
-        self.token_seq, self.boot_report_token = saved
-        first = out[0]
-        assert isinstance(first, Publish)
-        return dict(first.json()["state"]["reported"])
+        return orjson.loads(_dumps(self._full_reported()))
 
 
 __all__ = [
@@ -975,6 +1076,7 @@ __all__ = [
     "Flash",
     "Publish",
     "Restart",
+    "ShadowUpdate",
     "Slot",
     "Subscribe",
     "url_is_valid",

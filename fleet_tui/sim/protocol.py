@@ -33,6 +33,12 @@ OTA_MAX_IMAGE = 16 * 1024 * 1024
 TELEMETRY_MIN_S = 1
 TELEMETRY_MAX_S = 86400
 
+# The retry contract for the device's own shadow updates (``shadow.h``, docs/scale-out.md).
+SHADOW_RETRY_DEFAULT_S = 5.0
+SHADOW_RETRY_CAP_S = 60.0
+SHADOW_ATTEMPTS_MAX = 5
+SHADOW_RETRYABLE_CODES = frozenset({500, 429})
+
 PRESENCE_OFFLINE = b'{"state":"offline"}'
 RESET_REASONS = ("poweron", "sw_reboot", "panic", "ota_rollback")
 OTA_STATUSES = ("idle", "downloading", "verifying", "applying", "failed")
@@ -454,3 +460,30 @@ def parse_delta(state: object, *, allow_ota: bool = True, refused: frozenset[str
 def _relative_url_ok(url: object) -> TypeGuard[str]:
     return (isinstance(url, str) and 0 < len(url) <= URL_MAX and "://" not in url
             and all(0x20 < ord(c) < 0x7F for c in url))
+
+
+# ------------------------------------------------------------------ retry contract
+
+
+def shadow_retry_wait_s(base_s: float, attempt: int) -> float:
+    """``fleet_shadow_retry_wait_ms``: how long attempt ``attempt`` (1-based) waits for its
+    answer: ``base_s`` doubled per attempt, capped."""
+    base = base_s if base_s > 0 else SHADOW_RETRY_DEFAULT_S
+    return min(base * 2.0 ** max(attempt - 1, 0), SHADOW_RETRY_CAP_S)
+
+
+def rejection_is_retryable(code: object) -> bool:
+    """``fleet_shadow_rejection_is_retryable``: 500 (the service failed) and 429."""
+    return is_number(code) and int(code) in SHADOW_RETRYABLE_CODES  # type: ignore[call-overload]
+
+
+def merge_reported(older: dict[str, Any], newer: dict[str, Any]) -> None:
+    """``fleet_shadow_merge_reported``: a newer reported patch over an older queued one, as
+    the shadow would apply them in turn (objects merge, anything else, null included,
+    replaces)."""
+    for key, value in newer.items():
+        mine = older.get(key)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            merge_reported(mine, value)
+        else:
+            older[key] = value

@@ -1,5 +1,6 @@
 """One conformance suite for both device implementations (the firmware's host binary and
-the simulator) against the real service and a real mosquitto."""
+the simulator) against the real service (its registry on SQLite and on PostgreSQL) and a
+real mosquitto, plus the shadow retry contract against a test client playing the service."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def images(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 async def rig(request: pytest.FixtureRequest, mosquitto: Mosquitto, tmp_path: Path,
-              images: Path) -> AsyncIterator[Rig]:
-    registry = Registry.open(f"sqlite:///{tmp_path / 'conf.db'}")
+              images: Path, db_url: str) -> AsyncIterator[Rig]:
+    registry = Registry.open(db_url)
     settings = settings_for(mosquitto.url, "unused")
     with file_server(images) as base:
         async with running_service(settings, registry) as service:
@@ -92,6 +93,7 @@ async def rig(request: pytest.FixtureRequest, mosquitto: Mosquitto, tmp_path: Pa
                 yield rig
             finally:
                 device.stop()
+    registry.close()
 
 
 def ota(rig: Rig, version: str, *, sha: str | None = None, file: str | None = None) -> dict:
@@ -199,3 +201,73 @@ async def test_broker_restart_device_reconnects_and_re_reports(rig: Rig) -> None
     await until(lambda: rig.service.shadows.document(thing).version > before, 60,  # type: ignore[union-attr]
                 "device re-report")
     await until(lambda: rig.service.presence.online.get(thing), 30, "online again")
+
+
+# ------------------------------------------------------------------ retry contract
+
+RETRY_S = 2  # the devices' --shadow-retry-timeout here; attempt n waits RETRY_S * 2^(n-1)
+
+
+class RetryingDevice(DeviceProcess):
+    def command(self) -> list[str]:
+        return [*super().command(), "--shadow-retry-timeout", str(RETRY_S)]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_unanswered_or_500_update_is_resent_with_the_same_token_and_state(
+        impl: str, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """No service: the test answers the device's shadow updates itself, or withholds."""
+    thing = f"{impl}-retry-1"
+    update = T.shadow(thing)
+    async with peer(mosquitto.url, [update], client_id="fake-service") as svc:
+        device = RetryingDevice(impl, thing, mosquitto.url, tmp_path).start()
+        try:
+            def updates() -> list[dict[str, Any]]:
+                return svc.received("/shadow/update")
+
+            async def nth_update(n: int, timeout: float = 30.0) -> dict[str, Any]:
+                await until(lambda: len(updates()) >= n, timeout,
+                            f"shadow update #{n}\n{device.output()}")
+                return updates()[n - 1]
+
+            async def answer(kind: str, body: dict[str, Any]) -> None:
+                await svc.publish(T.shadow(thing, "", "update", kind), body)
+
+            # The boot report, unanswered: sent again with the same token and state.
+            boot = await nth_update(1)
+            token = boot["clientToken"]
+            assert boot["state"]["reported"]["firmware_version"] == "2.2.0"
+            assert await nth_update(2) == boot
+            # Answered 500: sent again (after the backoff), still the same update.
+            await answer("rejected", {"code": 500, "message": "internal error",
+                                      "clientToken": token})
+            assert await nth_update(3) == boot
+            # Accepted: that update is done; the device's next report is a new one.
+            await answer("accepted", {"state": {"reported": boot["state"]["reported"]},
+                                      "version": 1, "clientToken": token,
+                                      "timestamp": int(time.time())})
+            await svc.publish(T.shadow(thing, "", "update", "delta"),
+                              {"state": {"led_is_on": True}, "version": 2})
+            led = await nth_update(4)
+            assert led["state"]["reported"]["led_is_on"] is True
+            assert led["clientToken"] != token
+            await answer("accepted", {"state": {"reported": {"led_is_on": True}},
+                                      "version": 2, "clientToken": led["clientToken"]})
+            # Refused 409: final, never sent again.
+            await svc.publish(T.shadow(thing, "", "update", "delta"),
+                              {"state": {"led_is_on": False}, "version": 3})
+            off = await nth_update(5)
+            assert off["state"]["reported"]["led_is_on"] is False
+            await answer("rejected", {"code": 409, "message": "Version conflict",
+                                      "clientToken": off["clientToken"]})
+            # Longer than the next retry wait of any of them: nothing more is sent.
+            await asyncio.sleep(RETRY_S * 2 + 1)
+            tokens = [u["clientToken"] for u in updates()]
+            assert tokens == [token, token, token, led["clientToken"], off["clientToken"]], \
+                device.output()
+        finally:
+            device.stop()

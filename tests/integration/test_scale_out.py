@@ -55,7 +55,9 @@ async def test_three_workers_kill_9_one_mid_load(
             await rig.until(lambda: len(h := _holders(rig.registry)) == 3
                             and sum(h.values()) == PARTITIONS and max(h.values()) <= 6, 40,
                             "three workers to share the partitions")
-            await rig.start_fleet()
+            # The devices follow the retry contract too: a report that died with the
+            # killed worker is sent again (same clientToken) to the partition's new owner.
+            await rig.start_fleet(shadow_retry_s=2.0)
             plan = plan_rollout(rig.registry, "2.4.1", "plant", spec=WaveSpec((10, 50, 100)),
                                 gates=Gates(soak_s=0.5, auto_advance=True),
                                 job_settings=JobSettings(timeout_s=90, soak_s=0.5))
@@ -69,9 +71,8 @@ async def test_three_workers_kill_9_one_mid_load(
             # Kill once the canary passed: mid-rollout, a wave in flight.
             await rig.until(lambda: rig.registry.rollouts.get(rollout.id).current_wave >= 1,
                             60, "the canary wave to pass")
-            # Known gap (docs/scale-out.md): desired OTA state the dying engine had not yet
-            # committed is not rewritten by the next engine; give the wave's write 1.5 s.
-            await asyncio.sleep(1.5)
+            # No grace for the wave's desired writes: one the dying engine (or a dying
+            # partition owner) had not made durable is written again by the next engine.
             engine = rig.registry.leases.get("engine")
             assert engine is not None and engine.holder in procs
             victim = engine.holder
@@ -105,14 +106,8 @@ async def test_three_workers_kill_9_one_mid_load(
                 assert stored is not None and stored["version"] == len(tokens)
                 assert stored["state"]["desired"]["seq"] == len(tokens) - 1
             assert result.retried, "the kill should have cost some requests a retry"
-            # Known broken (docs/scale-out.md): the simulated devices do not retry shadow
-            # reports that died with the worker, so the wave's jobs can stall.
-            try:
-                await rig.until(lambda: rig.registry.rollouts.get(rollout.id).status
-                                == COMPLETED, 60, "the rollout to complete after the failover")
-            except AssertionError:
-                pytest.xfail("rollout stalls after the kill: sim devices do not retry "
-                             "unanswered shadow reports (retry contract)")
+            await rig.until(lambda: rig.registry.rollouts.get(rollout.id).status
+                            == COMPLETED, 60, "the rollout to complete after the failover")
         finally:
             for proc in procs.values():
                 stop_worker(proc)

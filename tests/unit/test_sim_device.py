@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from fleet_tui.sim.device import (
     Subscribe,
 )
 from fleet_tui.sim.profiles import DeviceProfile
+from fleet_tui.sim.protocol import SHADOW_ATTEMPTS_MAX, merge_reported, shadow_retry_wait_s
 
 THING = "esp32-000042"
 P = f"$aws/things/{THING}"
@@ -37,12 +39,36 @@ def make(hw: str = "rev-b", fw: str = "2.2.0", profile: DeviceProfile | None = N
                   wall_offset=1.7e9)
 
 
-def up(dev: Device, now: float = 0.0) -> list[Action]:
-    """Power on and connect; the service answers the get with an empty shadow."""
+#: Devices whose shadow updates ``send`` answers with accepted at once, as a service would.
+AUTO_ACCEPT: weakref.WeakSet[Device] = weakref.WeakSet()
+
+
+def up(dev: Device, now: float = 0.0, *, auto_accept: bool = True) -> list[Action]:
+    """Power on and connect; the service answers the get with an empty shadow and accepts
+    the boot report (and, with ``auto_accept``, every later update as it is sent)."""
     assert dev.power_on(now) == [Connect()]
     actions = dev.on_connect(now)
     assert send(dev, now, "shadow/get/accepted", {"state": {"reported": {}}, "version": 1}) == []
+    assert accept(dev, now) == []
+    if auto_accept:
+        AUTO_ACCEPT.add(dev)
     return actions
+
+
+def accept(dev: Device, now: float) -> list[Action]:
+    """The service accepts the device's shadow update in flight."""
+    update = dev.update_in_flight
+    if update is None:
+        return []
+    return dev.on_message(now, f"{P}/shadow/update/accepted", orjson.dumps(
+        {"state": {}, "version": 1, "clientToken": update.token}))
+
+
+def reject(dev: Device, now: float, code: int) -> list[Action]:
+    update = dev.update_in_flight
+    assert update is not None
+    return dev.on_message(now, f"{P}/shadow/update/rejected", orjson.dumps(
+        {"code": code, "message": "test", "clientToken": update.token}))
 
 
 def pubs(actions: list[Action], suffix: str = "") -> list[Publish]:
@@ -55,7 +81,12 @@ def reports(actions: list[Action]) -> list[dict[str, Any]]:
 
 def send(dev: Device, now: float, suffix: str, doc: Any) -> list[Action]:
     payload = doc if isinstance(doc, bytes) else orjson.dumps(doc)
-    return dev.on_message(now, f"{P}/{suffix}", payload)
+    out = dev.on_message(now, f"{P}/{suffix}", payload)
+    for _ in range(8):
+        if dev not in AUTO_ACCEPT or dev.installing or dev.update_in_flight is None:
+            break
+        out += accept(dev, now)
+    return out
 
 
 def delta(dev: Device, now: float, state: dict[str, Any], version: int) -> list[Action]:
@@ -246,6 +277,8 @@ def test_any_delta_is_answered_at_most_once(state: dict[str, Any]) -> None:
 def start_ota(dev: Device, image: FirmwareImage, now: float = 1.0) -> Download:
     out = delta(dev, now, ota_state(image), 7)
     assert reports(out) == [{"ota_status": "downloading", "ota_error": None}]
+    # The service accepts "downloading" while the download runs: the answer waits for it.
+    assert accept(dev, now) == []
     (dl,) = [a for a in out if isinstance(a, Download)]
     return dl
 
@@ -257,7 +290,9 @@ def test_ota_good_image_updates_reboots_and_confirms() -> None:
     dl = start_ota(dev, image)
     assert dl.url == "http://127.0.0.1:9/fw.bin"
     out = dev.on_download(2.0, image.to_bytes())
-    assert [r["ota_status"] for r in reports(out)] == ["verifying", "applying"]
+    # "verifying" was queued behind "downloading" (its answer waits for the install) and
+    # "applying" replaced it; the queued report goes out before the reboot.
+    assert [r["ota_status"] for r in reports(out)] == ["applying"]
     (restart,) = [a for a in out if isinstance(a, Restart)]
     assert restart.flush and restart.reason == "ota"
     now, boot = restart_and_boot(dev, out, 2.0)
@@ -301,6 +336,7 @@ def fail_case(image_bytes: bytes, target: dict[str, Any], error: str) -> None:
     up(dev)
     out = delta(dev, 1.0, target, 7)
     assert [a for a in out if isinstance(a, Download)]
+    assert accept(dev, 1.0) == []  # held back until the install ends
     out = dev.on_download(2.0, image_bytes)
     statuses = [(r["ota_status"], r["ota_error"]) for r in reports(out)]
     assert statuses[-1] == ("failed", error)
@@ -361,7 +397,8 @@ def test_messages_during_a_download_wait_for_it() -> None:
     assert delta(dev, 1.5, {"led_is_on": True}, 8) == []
     assert dev.tick(5.0) == []  # blocked in the install: no telemetry either
     out = dev.on_download(6.0, None, "Couldn't connect to server")
-    assert reports(out)[-1] == {"led_is_on": True}
+    assert reports(out)[-1]["ota_status"] == "failed"
+    assert reports(accept(dev, 6.0)) == [{"led_is_on": True}]  # one update in flight
     assert pubs(dev.tick(6.0), "/telemetry")
 
 
@@ -628,3 +665,145 @@ def test_power_off_publishes_offline_retained() -> None:
     assert isinstance(p, Publish)
     assert (p.topic, p.payload, p.qos, p.retain) == (
         f"fleet/{THING}/presence", b'{"state":"offline"}', 1, True)
+
+
+# ------------------------------------------------------------------ retry contract
+# The same cases as firmware/tests/test_device.c: the two devices retry identically.
+
+
+def quiet(retry_s: float = 2.0, telemetry_interval_s: int = 3600) -> Device:
+    """Up, boot report accepted; later updates are answered (or not) by the test."""
+    dev = make(shadow_retry_s=retry_s, telemetry_interval_s=telemetry_interval_s)
+    up(dev, auto_accept=False)
+    return dev
+
+
+def led(dev: Device, now: float, on: bool, version: int) -> list[Action]:
+    return delta(dev, now, {"led_is_on": on}, version)
+
+
+def run_until(dev: Device, end: float, now: float) -> list[Action]:
+    """Tick the device at each of its wakeups up to ``end``; what it emitted."""
+    out: list[Action] = []
+    while True:
+        when = dev.next_wakeup()
+        if when is None or when > end:
+            return out
+        now = max(when, now)
+        out += dev.tick(now)
+
+
+def updates(actions: list[Action]) -> list[bytes]:
+    return [p.payload for p in pubs(actions, "/shadow/update")]
+
+
+def test_unanswered_update_is_resent_with_the_same_token_and_payload() -> None:
+    dev = quiet()
+    (first,) = updates(led(dev, 1.0, True, 2))
+    assert updates(run_until(dev, 2.99, 1.0)) == []
+    assert updates(run_until(dev, 3.0, 1.0)) == [first]  # after 2 s
+    assert updates(run_until(dev, 6.99, 3.0)) == []
+    assert updates(run_until(dev, 7.0, 3.0)) == [first]  # the wait doubled: 4 s
+    assert accept(dev, 7.5) == []
+    assert updates(run_until(dev, 1000.0, 7.5)) == []
+
+
+def test_update_unanswered_after_the_last_attempt_is_given_up() -> None:
+    dev = quiet()
+    led(dev, 0.0, True, 2)
+    errors = dev.errors
+    assert len(updates(run_until(dev, 2 + 4 + 8 + 16, 0.0))) == SHADOW_ATTEMPTS_MAX - 1
+    assert dev.update_in_flight is not None
+    assert updates(run_until(dev, 1000.0, 30.0)) == []
+    assert dev.update_in_flight is None and dev.errors == errors + 1
+
+
+def test_update_rejected_500_or_429_is_resent_after_the_wait() -> None:
+    dev = quiet()
+    (first,) = updates(led(dev, 0.0, True, 2))
+    assert reject(dev, 0.1, 500) == []  # not at once: backoff
+    assert updates(run_until(dev, 2.0, 0.1)) == [first]
+    assert reject(dev, 2.1, 429) == []
+    assert updates(run_until(dev, 6.0, 2.1)) == [first]
+    accept(dev, 6.1)
+    assert updates(run_until(dev, 1000.0, 6.1)) == []
+
+
+def test_accepted_update_is_not_resent() -> None:
+    dev = quiet()
+    led(dev, 0.0, True, 2)
+    assert accept(dev, 0.1) == []
+    assert dev.update_in_flight is None
+    assert updates(run_until(dev, 1000.0, 0.1)) == []
+
+
+@pytest.mark.parametrize("code", [400, 409])
+def test_update_rejected_400_or_409_is_not_resent(code: int) -> None:
+    dev = quiet()
+    led(dev, 0.0, True, 2)
+    assert reject(dev, 0.1, code) == []
+    assert dev.update_in_flight is None
+    assert updates(run_until(dev, 1000.0, 0.1)) == []
+
+
+def test_another_clients_answer_does_not_finish_the_update_in_flight() -> None:
+    dev = quiet()
+    (first,) = updates(led(dev, 0.0, True, 2))
+    send(dev, 0.1, "shadow/update/accepted", {"clientToken": "console-1", "version": 3})
+    send(dev, 0.1, "shadow/update/rejected",
+         {"code": 400, "message": "bad", "clientToken": "console-2"})
+    assert updates(run_until(dev, 2.0, 0.1)) == [first]
+
+
+def test_one_update_in_flight_newer_reports_merge_into_the_queued_one() -> None:
+    dev = quiet()
+    (first,) = updates(led(dev, 0.0, True, 2))
+    assert updates(delta(dev, 0.1, {"telemetry_interval_s": 9}, 3)) == []
+    assert updates(led(dev, 0.2, False, 4)) == []
+    assert updates(run_until(dev, 2.0, 0.2)) == [first]  # a retry is still the first
+    (merged,) = updates(accept(dev, 2.1))
+    doc, before = orjson.loads(merged), orjson.loads(first)
+    assert doc["state"]["reported"] == {"telemetry_interval_s": 9, "led_is_on": False}
+    assert doc["clientToken"] != before["clientToken"]
+    assert accept(dev, 2.2) == []
+    assert updates(run_until(dev, 1000.0, 2.2)) == []
+
+
+def test_reconnect_resends_the_update_in_flight_before_the_full_report() -> None:
+    dev = quiet()
+    (first,) = updates(led(dev, 0.0, True, 2))
+    dev.on_disconnect(0.5)
+    assert updates(run_until(dev, 10.0, 0.5)) == []  # offline: nothing sent
+    assert updates(dev.on_connect(10.0)) == [first]
+    (full,) = reports(accept(dev, 10.1))
+    assert full["firmware_version"] == "2.2.0"
+
+
+def test_queued_boot_report_still_confirms_a_pending_image() -> None:
+    dev = make(hw="rev-c")
+    up(dev)
+    start_ota(dev, IMAGES["2.3.0"])
+    out = dev.on_download(2.0, IMAGES["2.3.0"].to_bytes())
+    now = next(a for a in out if isinstance(a, Restart)).delay_s + 2.0
+    assert dev.boot(now) == [Connect()]
+    (boot,) = updates(dev.on_connect(now))
+    dev.on_disconnect(now + 0.1)  # the boot report's answer is lost
+    assert updates(dev.on_connect(now + 1)) == [boot]  # a second full report queues
+    accept(dev, now + 1.1)
+    assert not dev.flash.pending
+
+
+def test_retry_wait_schedule_matches_the_firmware() -> None:
+    assert [shadow_retry_wait_s(2.0, n) for n in range(1, 6)] == [2, 4, 8, 16, 32]
+    assert shadow_retry_wait_s(5.0, 5) == 60.0 and shadow_retry_wait_s(5.0, 40) == 60.0
+    assert shadow_retry_wait_s(0, 1) == 5.0
+
+
+def test_merge_reported_overlays_newer_values_and_keeps_nulls() -> None:
+    older = {"ota_status": "verifying", "ota_error": None, "tags": {"location": "lab"},
+             "rejected_keys": ["a", "b"]}
+    merge_reported(older, {"ota_status": "failed", "ota_error": "sha256 mismatch",
+                           "tags": {"room": "2"}, "rejected_keys": None, "led_is_on": True})
+    assert orjson.dumps(older) == (
+        b'{"ota_status":"failed","ota_error":"sha256 mismatch",'
+        b'"tags":{"location":"lab","room":"2"},"rejected_keys":null,"led_is_on":true}')

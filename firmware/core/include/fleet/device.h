@@ -37,6 +37,7 @@ typedef struct {
     fleet_reset_reason_t reset_reason;
     bool image_pending_verify;     /* the running image is not confirmed yet */
     const char *rollback_reason;   /* the bootloader rolled back on this boot; else NULL */
+    uint32_t shadow_retry_ms;      /* first retry wait of a shadow update; 0: 5000 */
 } fleet_device_config_t;
 
 typedef struct fleet_device {
@@ -69,6 +70,20 @@ typedef struct fleet_device {
     char reported_rejected[FLEET_REJECTED_MAX * (FLEET_KEY_MAX + 1)];
     bool reported_rejected_known;     /* false: unknown what the shadow holds */
 
+    /* The retry contract (fleet/shadow.h): the one shadow update in flight, kept as
+     * sent so that a retry is the same token and the same bytes, and the reported patch
+     * queued behind it (newer reports merge into it; it is sent once the one in flight
+     * is answered or given up). */
+    uint32_t shadow_retry_ms;
+    bool update_in_flight;
+    unsigned update_attempts;
+    uint64_t update_deadline_ms;
+    char update_token[FLEET_TOKEN_MAX];
+    char update_text[FLEET_REPORT_MAX];
+    bool update_queued;
+    bool update_queued_full;          /* the queued patch holds the full (boot) report */
+    char update_queued_text[FLEET_REPORT_MAX];  /* the queued "reported" object */
+
     fleet_telemetry_t telemetry;
     uint64_t telemetry_due_ms;
     uint64_t telemetry_last_ms;
@@ -90,7 +105,7 @@ void fleet_device_on_connect(fleet_device_t *dev);
 void fleet_device_on_disconnect(fleet_device_t *dev);
 void fleet_device_on_message(fleet_device_t *dev, const char *topic, size_t topic_len,
                              const void *payload, size_t len);
-/* Runs a scheduled OTA install and due telemetry. */
+/* Runs a scheduled OTA install, due telemetry and due shadow update retries. */
 void fleet_device_tick(fleet_device_t *dev);
 /* Milliseconds until fleet_device_tick has work (capped at 1000). */
 uint32_t fleet_device_next_wakeup_ms(const fleet_device_t *dev);

@@ -15,6 +15,7 @@
 #define FLEET_ERROR_MAX 200
 #define FLEET_KEY_MAX 48            /* longest rejected key name we keep (truncated) */
 #define FLEET_REJECTED_MAX 8        /* rejected keys listed per delta */
+#define FLEET_REPORT_MAX 3072       /* a shadow update the device sends (kept for retries) */
 
 #define FLEET_DOC_MAX_SIZE (32u * 1024u)  /* incoming JSON documents */
 #define FLEET_DOC_MAX_DEPTH 16            /* bounds cJSON's recursion on a small stack */

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cJSON.h"
 #include "fleet/limits.h"
@@ -46,5 +47,29 @@ void fleet_shadow_rejected_join(const fleet_delta_t *d, char *buf, size_t len);
 
 /* Overlays a desired document's (or delta's) valid OTA keys onto target. */
 void fleet_shadow_merge_ota(fleet_ota_target_t *target, const fleet_delta_t *d);
+
+/*
+ * The retry contract for the device's own shadow updates (docs/scale-out.md): one
+ * update in flight per shadow; unanswered within the attempt's wait, or answered 500
+ * or 429, it is sent again with the same clientToken and the same text. The wait
+ * doubles per attempt (base, 2x, 4x ... capped); after FLEET_SHADOW_ATTEMPTS_MAX
+ * attempts the update is given up. Other rejections (400, 409, 413) are final.
+ */
+#define FLEET_SHADOW_RETRY_DEFAULT_MS 5000u
+#define FLEET_SHADOW_RETRY_CAP_MS 60000u
+#define FLEET_SHADOW_ATTEMPTS_MAX 5u
+
+/* How long attempt n (1-based) waits for its answer. base_ms 0: the default. */
+uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt);
+
+/* A rejection with this code is retried (500: the service failed, 429: too many). */
+bool fleet_shadow_rejection_is_retryable(int code);
+
+/*
+ * Merges a newer reported patch into an older queued one, as the shadow would apply
+ * them in turn: objects merge key by key, anything else (null included) replaces.
+ * Takes ownership of newer.
+ */
+void fleet_shadow_merge_reported(cJSON *older, cJSON *newer);
 
 #endif /* FLEET_SHADOW_H */
