@@ -42,7 +42,7 @@ typecheck: $(STAMP)
 # processes on two cores cut the wall time by about a third; every test starts its own
 # mosquitto on a free port and its own database, so they do not share state.
 test: $(STAMP) system-deps lint typecheck firmware
-	$(BIN)/pytest -q -p no:cacheprovider --timeout=600 -n 2
+	$(BIN)/pytest -q -p no:cacheprovider --timeout=600 -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -x tests/unit
