@@ -46,9 +46,11 @@ from fleet_tui.sim.mqtt_lite import MqttClient
 port, n, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 async def main():
     box = {"got": 0, "first": None}
+    seen = set()  # a delta written again (the engine's redrive) counts once
     done = asyncio.Event()
     def on_message(topic, payload):
-        box["got"] += 1
+        seen.add(topic)
+        box["got"] = len(seen)
         if box["first"] is None:
             box["first"] = time.time()
         if mode == "respond":
@@ -71,7 +73,10 @@ async def main():
     await done.wait()
     print(json.dumps({"got": box["got"], "first": box["first"], "last": time.time()}),
           flush=True)
-    await c.wait_unacked(30)
+    # Every report acknowledged before exiting: closing with reports still unsent (or
+    # unread deltas in the socket, which makes the kernel reset the connection) loses
+    # them, and an execution whose device never reports stays IN_PROGRESS.
+    await c.wait_unacked(600)
 import json
 asyncio.run(main())
 """
@@ -156,7 +161,10 @@ async def engine_run(broker: Mosquitto, n: int, workdir: Path) -> dict[str, floa
     await asyncio.to_thread(create_job, registry, plan, Actor("bench", "operator"))
     notified = await asyncio.to_thread(finished, proc, 900)
     job = plan.job_id
-    while registry.jobs.counts([job])[job].get("SUCCEEDED", 0) < n:
+    deadline = time.time() + 600
+    while (counts := registry.jobs.counts([job])[job]).get("SUCCEEDED", 0) < n:
+        if time.time() > deadline:
+            raise SystemExit(f"fan-out: not every execution SUCCEEDED after 600 s: {counts}")
         await asyncio.sleep(0.5)
     acked = time.time()
     # The steady per-tick cost of a rollout with all N in flight: a second firmware job

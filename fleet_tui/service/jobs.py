@@ -84,6 +84,9 @@ class Watch:
     # how often again since: see JobsEngine._redrive.
     driven_at: float = 0.0
     redrives: int = 0
+    # When this worker published the write's answers (its ShadowChanged): the device's
+    # silence counts from then, not from a write still queued behind a large fan-out.
+    published_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +148,9 @@ class JobsEngine:
         if isinstance(event, (ShadowChanged, PresenceChanged, TelemetryReceived)) \
                 and event.thing in self.watch:
             self.dirty.add(event.thing)
+            w = self.watch[event.thing]
+            if isinstance(event, ShadowChanged) and w.published_at is None:
+                w.published_at = self.clock()
 
     def handle(self, topic: JobsTopic, payload: bytes) -> None:
         """A device's jobs request; answered after the batch it joins has committed."""
@@ -158,6 +164,9 @@ class JobsEngine:
         last_lease = 0.0
         more = False
         self._wakeup.set()  # take the lease at once, not a quarter tick later
+        # Stopping wakes the loop too: it may be waiting a quarter of a long tick.
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: self._wakeup.set())
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.tick_s / 4)
@@ -181,6 +190,7 @@ class JobsEngine:
                         self._wakeup.set()
             except Exception:
                 log.exception("job engine step failed; retrying")
+        stopping.cancel()
         if self.is_leader:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registry.leases.release, LEASE, self.holder)
@@ -410,11 +420,18 @@ class JobsEngine:
                 continue  # updated: its evaluation follows
             stored = same_version(desired.get("target_version"), w.target)
             if stored and not w.driven_at:
-                w.driven_at = now  # watched since a takeover: its delta's age counts from now
+                # Watched since a takeover: whether its delta ever went out is unknown, so
+                # its age counts from now.
+                w.driven_at = w.published_at = now
                 continue
+            if stored and self.shadows.owns(thing):
+                # Ours to publish: silence counts once its delta is out (until then a
+                # second write would only queue behind the first).
+                age = now - w.published_at if w.published_at is not None else 0.0
             if stored and (age < 2 * every or not self.presence.online.get(thing)):
                 continue  # an offline device reads the stored state when it connects
             w.driven_at = now
+            w.published_at = None
             w.redrives += 1
             try:
                 result.desired[thing] = self._desired_for(w.target)
@@ -472,9 +489,12 @@ class JobsEngine:
                                              stats.notified, counts.get(SUCCEEDED, 0))
             # A device outside its group's maintenance window is not released: it waits.
             allow = self.release_gate(conn, job, now) if self.release_gate else None
-            if budget > result.release_left:
-                budget, result.more = result.release_left, True
+            capped = budget > result.release_left
+            budget = min(budget, result.release_left)
             released = store.release(conn, job.id, budget, now, start=shadow, allow=allow)
+            # Another tick at once only if the cap, not the queue, stopped this release
+            # (else a job with nothing left to release would tick back to back).
+            result.more = result.more or (capped and len(released) == budget)
             result.release_left -= len(released)
             if released:
                 result.changed_jobs.add(job.id)

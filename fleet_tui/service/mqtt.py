@@ -63,6 +63,11 @@ class MqttSession:
         self.username, self.password = username, password
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
+        # publish_many's pacing and patience (see there).
+        self.max_unwritten = 4096
+        self.max_unacked = 30_000
+        self.reconnect_wait_s = 30.0
+        self._stop: asyncio.Event | None = None
         self.connections = 0
         # MQTT 3.1.1 unless asked for 5: nothing here needs v5 properties, and paho decodes
         # a Properties object for every v5 PUBLISH (and PUBACK): 45% of the service's CPU
@@ -103,6 +108,7 @@ class MqttSession:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         backoff = 0.2
         while not stop.is_set():
             try:
@@ -183,24 +189,73 @@ class MqttSession:
             paho.on_publish = client._on_publish
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> int:
-        """Hand messages to the client in order; returns how many were accepted.
+        """Hand messages to the client in order; returns how many were handed over.
 
         QoS 1 delivery (retries, PUBACK) stays with paho; we do not await each PUBACK, which
         is what limited a batch to a few hundred messages a second. The loop yields every
-        few hundred messages so reading and keep-alive pings go on during a large batch.
+        few hundred messages so reading and keep-alive pings go on during a large batch, and
+        it paces itself on what paho has not yet written or had acknowledged (see
+        ``_backpressure``). A connection lost mid-batch does not drop the rest: the batch
+        resumes on the next connection (these are answers to committed changes), unless
+        ``reconnect_wait_s`` passes first.
         """
-        client = self.client
-        if client is None or not messages:
-            return 0
-        paho = client._client  # aiomqtt's paho client; see the docstring
         sent = 0
-        for i, m in enumerate(messages, 1):
-            info = paho.publish(m.topic, m.payload, m.qos, m.retain)
-            if info.rc != 0:
-                log.warning("publish to %s failed (rc %d); %d of %d sent", m.topic, info.rc,
-                            sent, len(messages))
-                break
-            sent += 1
-            if i % 256 == 0:
-                await asyncio.sleep(0)
+        while sent < len(messages):
+            client = self.client
+            if client is None:
+                if not await self._await_connection():
+                    break
+                continue
+            paho = client._client  # aiomqtt's paho client; see the docstring
+            for m in messages[sent:]:
+                info = paho.publish(m.topic, m.payload, m.qos, m.retain)
+                if info.rc != 0:
+                    if self._stopping():
+                        return sent  # shutting down: the rest was never acknowledged
+                    log.warning("publish to %s failed (rc %d) with %d of %d sent; resuming "
+                                "after reconnect", m.topic, info.rc, sent, len(messages))
+                    if not await self._await_disconnect(client):
+                        return self._dropped(sent, messages)
+                    break
+                sent += 1
+                if sent % 256 == 0:
+                    await asyncio.sleep(0)
+                    await self._backpressure(paho)
+        return self._dropped(sent, messages)
+
+    def _dropped(self, sent: int, messages: Sequence[Outgoing]) -> int:
+        if sent < len(messages) and not self._stopping():
+            log.error("dropped %d of %d messages: no working connection within %.0f s",
+                      len(messages) - sent, len(messages), self.reconnect_wait_s)
         return sent
+
+    async def _backpressure(self, paho: Any) -> None:
+        """Wait while paho holds more than ``max_unwritten`` packets it could not write yet
+        (the socket is full: memory would grow without bound in a 100k fan-out) or more
+        than ``max_unacked`` QoS 1 messages await their PUBACK (message ids are 16 bits: at
+        65,535 in flight paho reuses an id that is still outstanding)."""
+        while (len(paho._out_packet) > self.max_unwritten
+               or len(paho._out_messages) > self.max_unacked):
+            if self.client is None or self.client._client is not paho:
+                return  # disconnected: publish_many sees it on its next publish
+            await asyncio.sleep(0.002)
+
+    def _stopping(self) -> bool:
+        return self._stop is None or self._stop.is_set()
+
+    async def _await_connection(self) -> bool:
+        if self._stopping():  # no next connection is coming
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), self.reconnect_wait_s)
+        return self.client is not None
+
+    async def _await_disconnect(self, client: aiomqtt.Client) -> bool:
+        """The old client is gone once ``run`` has cleared it (then ``connected`` is set
+        again by the next connection)."""
+        deadline = asyncio.get_running_loop().time() + self.reconnect_wait_s
+        while self.client is client and not self._stopping():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True

@@ -157,6 +157,10 @@ class ShadowService:
         for key in [k for k in self.shadows if partition_of(k[0], n) in partitions]:
             del self.shadows[key]
 
+    def owns(self, thing: str) -> bool:
+        """This worker answers ``thing`` (it publishes its deltas)."""
+        return self.partitions is None or self.partitions.owns(thing)
+
     def peek(self, thing: str) -> ShadowDocument | None:
         """The classic shadow of any thing, for the engine: this worker's own document, or
         another worker's as last stored (read through, cached for a second)."""

@@ -164,6 +164,12 @@ async def test_a_release_over_the_per_tick_cap_goes_on_at_once_in_the_next_ticks
         assert [len(b) for b in by_tick] == [5, 5, 2]
         assert by_tick[0][-1] < by_tick[1][0] < by_tick[2][0]  # in queue order
         assert len(rig.service.jobs.watch) == 12 if rig.service else False
+        # Everything released: no more ticks back to back while the 12 are in flight (a
+        # cap-sized budget with nothing left to release once kept the engine spinning).
+        assert rig.service is not None
+        ticks = rig.service.jobs.stats["ticks"]
+        await asyncio.sleep(1.0)
+        assert rig.service.jobs.stats["ticks"] - ticks <= 1
 
 
 def _serve(rig: EngineRig, log: Path) -> subprocess.Popen[bytes]:
