@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 
 _VERSION_RE = re.compile(
     r"^v?(?P<major>\d{1,6})(?:\.(?P<minor>\d{1,6}))?(?:\.(?P<patch>\d{1,6}))?"
@@ -47,7 +47,14 @@ class Version:
 
 def parse_version(text: str) -> Version:
     """Parse ``MAJOR[.MINOR[.PATCH]][-PRE][+BUILD]`` (a leading ``v`` is allowed)."""
-    m = _VERSION_RE.match(text.strip()) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        raise VersionError(f"{text!r} is not a version (expected e.g. 2.1.0)")
+    return _parse(text)
+
+
+@lru_cache(maxsize=4096)  # a fleet runs a handful of versions; the engine compares 100k
+def _parse(text: str) -> Version:
+    m = _VERSION_RE.match(text.strip())
     if m is None:
         raise VersionError(f"{text!r} is not a version (expected e.g. 2.1.0)")
     return Version(

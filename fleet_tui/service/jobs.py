@@ -58,11 +58,14 @@ Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
 LEASE = "engine"
 OTA_KEYS = ("target_version", "ota_url", "ota_sha256")
 REDRIVE_MAX = 3  # desired OTA writes again per execution (settings.jobs.redrive_s)
+REDRIVE_PER_TICK = 5000  # watched executions one tick looks at for a redrive
 
 
 def same_version(a: object, b: object) -> bool:
     if not isinstance(a, str) or not isinstance(b, str):
         return False
+    if a == b:
+        return True
     try:
         return parse_version(a) == parse_version(b)
     except VersionError:
@@ -124,6 +127,9 @@ class JobsEngine:
         self._wakeup = asyncio.Event()
         self.watch: dict[str, Watch] = {}
         self._soak_due: list[tuple[float, str, float]] = []  # (due, thing, healthy_since)
+        # When to look at a watched thing again for _redrive: a heap, so a tick looks at
+        # the few due, not at all 100k in flight (a scan was 1.5 s a second at 100k).
+        self._redrive_due: list[tuple[float, str]] = []
         self.dirty: set[str] = set()
         self._job_types: dict[str, str] = {}
         self._last_cancel_scan = 0.0
@@ -208,6 +214,7 @@ class JobsEngine:
             log.warning("job engine: lost the engine lease")
             self.watch.clear()
             self._soak_due.clear()
+            self._redrive_due.clear()
         return self.is_leader and not was
 
     def renotify(self, now: float) -> list[Outgoing]:
@@ -241,6 +248,8 @@ class JobsEngine:
         """Rebuild the watch of in-progress firmware executions (after a (re)start)."""
         self.watch.clear()
         self._soak_due.clear()
+        self._redrive_due.clear()
+        now = self.clock()
         with self.registry.engine.connect() as conn:
             for job in self._tended_jobs(conn):
                 if job.job_type not in SHADOW_CARRIED:
@@ -248,7 +257,9 @@ class JobsEngine:
                 soak = JobSettings.from_dict(job.settings).soak_s
                 for e in self.registry.jobs.executions(job.id, status=[IN_PROGRESS], conn=conn):
                     self.watch[e.device_id] = Watch(job.id, self._target_of(job, e),
-                                                    e.started_at or self.clock(), soak)
+                                                    e.started_at or now, soak)
+                    self._redrive_due.append((now, e.device_id))
+        heapq.heapify(self._redrive_due)
         self.dirty.update(self.watch)
         return len(self.watch)
 
@@ -405,34 +416,49 @@ class JobsEngine:
         every = self.settings.jobs.redrive_s
         if every <= 0 or now - self._last_redrive_scan < min(every / 2, 1.0):
             return
-        self._last_redrive_scan = now
-        for thing, w in self.watch.items():
-            if (w.phase or w.seen_at is not None or w.redrives >= REDRIVE_MAX
-                    or thing in result.desired):
+        due = self._redrive_due
+        again: list[tuple[float, str]] = []
+        looked = 0
+        while due and due[0][0] <= now:
+            if looked == REDRIVE_PER_TICK:  # a bounded tick; the rest in the next ones
+                break
+            looked += 1
+            _, thing = heapq.heappop(due)
+            w = self.watch.get(thing)
+            if w is None or w.phase or w.seen_at is not None or w.redrives >= REDRIVE_MAX:
+                continue  # finished, or the device is at it: nothing more to drive
+            if thing in result.desired:
+                again.append((now + every, thing))
                 continue
             age = now - w.driven_at
             if w.driven_at and age < every:
+                again.append((w.driven_at + every, thing))
                 continue
             doc = self.shadows.peek(thing)
             desired = doc.desired if doc is not None else {}
             reported = doc.reported if doc is not None else {}
             if same_version(reported.get("firmware_version"), w.target):
-                continue  # updated: its evaluation follows
+                again.append((now + every, thing))  # updated: its evaluation follows
+                continue
             stored = same_version(desired.get("target_version"), w.target)
             if stored and not w.driven_at:
                 # Watched since a takeover: whether its delta ever went out is unknown, so
                 # its age counts from now.
                 w.driven_at = w.published_at = now
+                again.append((now + 2 * every, thing))
                 continue
             if stored and self.shadows.owns(thing):
                 # Ours to publish: silence counts once its delta is out (until then a
                 # second write would only queue behind the first).
                 age = now - w.published_at if w.published_at is not None else 0.0
             if stored and (age < 2 * every or not self.presence.online.get(thing)):
-                continue  # an offline device reads the stored state when it connects
+                # An offline device reads the stored state when it connects.
+                again.append((now + max(2 * every - age, every / 2), thing))
+                continue
             w.driven_at = now
             w.published_at = None
             w.redrives += 1
+            again.append((now + every, thing))
             try:
                 result.desired[thing] = self._desired_for(w.target)
             except NotFound:  # the release went away: its timeout will end the execution
@@ -440,6 +466,10 @@ class JobsEngine:
                 continue
             log.info("job engine: %s shows no sign of %s (job %s); writing its desired "
                      "OTA state again", thing, w.target, w.job_id)
+        for item in again:
+            heapq.heappush(due, item)
+        if looked < REDRIVE_PER_TICK:
+            self._last_redrive_scan = now
 
     def _drop_canceled(self, conn: Any, now: float, result: TickResult) -> None:
         """Force-canceled firmware executions (by anyone, e.g. the CLI): clear the desired
@@ -504,6 +534,8 @@ class JobsEngine:
                     target = self._target_of(job, e)
                     self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s,
                                                     driven_at=now)
+                    heapq.heappush(self._redrive_due,
+                                   (now + self.settings.jobs.redrive_s, e.device_id))
                     if target not in desired:
                         desired[target] = self._desired_for(target)
                     result.desired[e.device_id] = desired[target]
