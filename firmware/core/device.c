@@ -128,6 +128,7 @@ fleet_err_t fleet_device_init(fleet_device_t *dev, const fleet_port_t *port,
     dev->token_salt = port->random(port->ctx);
     dev->shadow_retry_ms = cfg->shadow_retry_ms != 0 ? cfg->shadow_retry_ms
                                                      : FLEET_SHADOW_RETRY_DEFAULT_MS;
+    dev->retry_seed = fleet_shadow_retry_seed(dev->thing);
 
     load_settings(dev, cfg->telemetry_interval_s);
     if (port->set_led != NULL) {
@@ -255,7 +256,7 @@ static void send_update(fleet_device_t *dev, cJSON *reported, bool full)
     dev->update_in_flight = true;
     dev->update_attempts = 1;
     dev->update_deadline_ms = dev->port->uptime_ms(dev->port->ctx) +
-                              fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, 1);
+                              fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, 1, dev->retry_seed);
     publish_update_text(dev);
 }
 
@@ -293,7 +294,8 @@ static void retry_update(fleet_device_t *dev, uint64_t now_ms)
     }
     dev->update_attempts++;
     dev->update_deadline_ms =
-        now_ms + fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, dev->update_attempts);
+        now_ms + fleet_shadow_retry_wait_ms(dev->shadow_retry_ms, dev->update_attempts,
+                                            dev->retry_seed);
     FLEET_LOGI(dev->port, TAG, "shadow update %s: attempt %u", dev->update_token,
                dev->update_attempts);
     publish_update_text(dev);

@@ -146,15 +146,36 @@ void fleet_shadow_merge_ota(fleet_ota_target_t *target, const fleet_delta_t *d)
     }
 }
 
-uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt)
+uint32_t fleet_shadow_retry_seed(const char *thing)
+{
+    uint32_t h = 2166136261u;
+
+    for (; thing != NULL && *thing != '\0'; thing++) {
+        h = (h ^ (uint8_t)*thing) * 16777619u;
+    }
+    return h;
+}
+
+uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt, uint32_t seed)
 {
     uint32_t wait = base_ms != 0 ? base_ms : FLEET_SHADOW_RETRY_DEFAULT_MS;
+    uint32_t h;
+    uint32_t half;
     unsigned i;
 
     for (i = 1; i < attempt && wait < FLEET_SHADOW_RETRY_CAP_MS; i++) {
         wait = wait > FLEET_SHADOW_RETRY_CAP_MS / 2 ? FLEET_SHADOW_RETRY_CAP_MS : wait * 2u;
     }
-    return wait < FLEET_SHADOW_RETRY_CAP_MS ? wait : FLEET_SHADOW_RETRY_CAP_MS;
+    wait = wait < FLEET_SHADOW_RETRY_CAP_MS ? wait : FLEET_SHADOW_RETRY_CAP_MS;
+    /* murmur3's finalizer over seed and attempt: 16 well-mixed bits of jitter. */
+    h = seed ^ ((uint32_t)attempt * 0x9E3779B1u);
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    half = wait / 2u;
+    return half + (uint32_t)(((uint64_t)(wait - half) * (h & 0xFFFFu)) >> 16);
 }
 
 bool fleet_shadow_rejection_is_retryable(int code)

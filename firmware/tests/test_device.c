@@ -573,16 +573,20 @@ static void run_for(rig_t *r, uint64_t ms)
 TEST(test_unanswered_update_is_resent_with_the_same_token_and_payload)
 {
     rig_t *r = quiet_rig(2000);
+    /* This device's jittered waits: within [1, 2) s, then [2, 4) s. */
+    uint32_t w1 = fleet_shadow_retry_wait_ms(2000, 1, r->dev.retry_seed);
+    uint32_t w2 = fleet_shadow_retry_wait_ms(2000, 2, r->dev.retry_seed);
 
+    CHECK(w1 >= 1000 && w1 < 2000 && w2 >= 2000 && w2 < 4000);
     led_delta(r, true, 2);
     CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
-    run_for(r, 1999);
+    run_for(r, w1 - 1);
     CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 1);
     run_for(r, 1);
     CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
     CHECK_EQ_STR(update_payload(r, 1), update_payload(r, 0));
-    /* The next wait doubles: 4 s. */
-    run_for(r, 3999);
+    /* The next wait doubles (before its jitter). */
+    run_for(r, w2 - 1);
     CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 2);
     run_for(r, 1);
     CHECK_EQ_INT(fake_count(&r->f, "shadow/update"), 3);

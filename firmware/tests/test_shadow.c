@@ -172,13 +172,36 @@ TEST(test_merge_overlays_only_present_ota_keys)
 
 TEST(test_retry_wait_doubles_per_attempt_up_to_the_cap)
 {
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(0, 1), FLEET_SHADOW_RETRY_DEFAULT_MS);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 1), 2000);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 2), 4000);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 3), 8000);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(5000, 5), 60000);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(5000, 40), FLEET_SHADOW_RETRY_CAP_MS);
-    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(4000000000u, 1), FLEET_SHADOW_RETRY_CAP_MS);
+    /* Jitter off the table: each wait within [w/2, w) of the doubling schedule. */
+    static const struct { uint32_t base; unsigned attempt; uint32_t w; } cases[] = {
+        {0, 1, FLEET_SHADOW_RETRY_DEFAULT_MS}, {2000, 1, 2000}, {2000, 2, 4000},
+        {2000, 3, 8000}, {5000, 5, 60000}, {5000, 40, FLEET_SHADOW_RETRY_CAP_MS},
+        {4000000000u, 1, FLEET_SHADOW_RETRY_CAP_MS},
+    };
+    size_t i;
+    uint32_t seed;
+
+    for (seed = 0; seed < 2000; seed += 7) {
+        for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            uint32_t got = fleet_shadow_retry_wait_ms(cases[i].base, cases[i].attempt, seed);
+            CHECK(got >= cases[i].w / 2 && got < cases[i].w);
+        }
+    }
+}
+
+TEST(test_retry_wait_is_the_devices_own_and_matches_the_simulator)
+{
+    uint32_t a = fleet_shadow_retry_seed("dev-001");
+    uint32_t b = fleet_shadow_retry_seed("dev-002");
+
+    CHECK_EQ_INT(fleet_shadow_retry_seed(""), 2166136261u);
+    CHECK_EQ_INT(fleet_shadow_retry_seed("a"), 0xE40C292Cu); /* FNV-1a's test vector */
+    CHECK(a != b);
+    /* The same vectors are asserted for sim/protocol.py (tests/unit/test_sim_device.py). */
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 1, a), 1429);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 2, a), 2664);
+    CHECK_EQ_INT(fleet_shadow_retry_wait_ms(2000, 1, b), 1908);
+    CHECK(fleet_shadow_retry_wait_ms(2000, 1, a) == fleet_shadow_retry_wait_ms(2000, 1, a));
 }
 
 TEST(test_only_500_and_429_are_retried)
@@ -222,6 +245,7 @@ int main(void)
     RUN(test_non_object_state_is_empty);
     RUN(test_merge_overlays_only_present_ota_keys);
     RUN(test_retry_wait_doubles_per_attempt_up_to_the_cap);
+    RUN(test_retry_wait_is_the_devices_own_and_matches_the_simulator);
     RUN(test_only_500_and_429_are_retried);
     RUN(test_merge_reported_overlays_newer_values_and_keeps_nulls);
     return HARNESS_RESULT();

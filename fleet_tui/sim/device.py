@@ -66,6 +66,7 @@ from fleet_tui.sim.protocol import (
     rejection_is_retryable,
     same_sha,
     sha256_hex_is_valid,
+    shadow_retry_seed,
     shadow_retry_wait_s,
     thing_name_is_valid,
     url_is_valid,
@@ -281,6 +282,7 @@ class Device:
         self.pending_verify = False
         self.token_seq = 0
         self.token_salt = 0
+        self.retry_seed = shadow_retry_seed(self.cfg.thing)
         self.errors = 0
         self.led_is_on = False
         self.telemetry_interval_s = self.cfg.telemetry_interval_s
@@ -466,7 +468,8 @@ class Device:
         if full:
             self.boot_report_token = token
         self.update_in_flight = ShadowUpdate(
-            token, payload, 1, self.clock + shadow_retry_wait_s(self.cfg.shadow_retry_s, 1))
+            token, payload, 1, self.clock + shadow_retry_wait_s(self.cfg.shadow_retry_s, 1,
+                                                 self.retry_seed))
         out.append(Publish(self.topics.build(Topic.SHADOW_UPDATE), payload, 1))
 
     def _send_queued(self, out: list[Action]) -> None:
@@ -490,7 +493,8 @@ class Device:
             self._finish_update(out)
             return
         update.attempts += 1
-        update.deadline = now + shadow_retry_wait_s(self.cfg.shadow_retry_s, update.attempts)
+        update.deadline = now + shadow_retry_wait_s(self.cfg.shadow_retry_s, update.attempts,
+                                                    self.retry_seed)
         log.info("%s: shadow update %s: attempt %d", self.cfg.thing, update.token,
                  update.attempts)
         out.append(Publish(self.topics.build(Topic.SHADOW_UPDATE), update.payload, 1))

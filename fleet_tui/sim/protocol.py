@@ -465,11 +465,34 @@ def _relative_url_ok(url: object) -> TypeGuard[str]:
 # ------------------------------------------------------------------ retry contract
 
 
-def shadow_retry_wait_s(base_s: float, attempt: int) -> float:
+def shadow_retry_seed(thing: str) -> int:
+    """``fleet_shadow_retry_seed``: FNV-1a (32-bit) of the thing's name."""
+    h = 2166136261
+    for byte in thing.encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def shadow_retry_wait_s(base_s: float, attempt: int, seed: int = 0) -> float:
     """``fleet_shadow_retry_wait_ms``: how long attempt ``attempt`` (1-based) waits for its
-    answer: ``base_s`` doubled per attempt, capped."""
-    base = base_s if base_s > 0 else SHADOW_RETRY_DEFAULT_S
-    return min(base * 2.0 ** max(attempt - 1, 0), SHADOW_RETRY_CAP_S)
+    answer: ``base_s`` doubled per attempt, capped, then jittered into [w/2, w) by the
+    device's ``seed``; in whole milliseconds, as the firmware computes it."""
+    cap = int(SHADOW_RETRY_CAP_S * 1000)
+    wait = min(round(base_s * 1000) if base_s > 0 else int(SHADOW_RETRY_DEFAULT_S * 1000),
+               0xFFFFFFFF)
+    for _ in range(1, attempt):
+        if wait >= cap:
+            break
+        wait = cap if wait > cap // 2 else wait * 2
+    wait = min(wait, cap)
+    h = (seed ^ (attempt * 0x9E3779B1)) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    half = wait // 2
+    return (half + (((wait - half) * (h & 0xFFFF)) >> 16)) / 1000
 
 
 def rejection_is_retryable(code: object) -> bool:

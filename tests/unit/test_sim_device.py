@@ -24,7 +24,12 @@ from fleet_tui.sim.device import (
     Subscribe,
 )
 from fleet_tui.sim.profiles import DeviceProfile
-from fleet_tui.sim.protocol import SHADOW_ATTEMPTS_MAX, merge_reported, shadow_retry_wait_s
+from fleet_tui.sim.protocol import (
+    SHADOW_ATTEMPTS_MAX,
+    merge_reported,
+    shadow_retry_seed,
+    shadow_retry_wait_s,
+)
 
 THING = "esp32-000042"
 P = f"$aws/things/{THING}"
@@ -699,13 +704,18 @@ def updates(actions: list[Action]) -> list[bytes]:
 
 def test_unanswered_update_is_resent_with_the_same_token_and_payload() -> None:
     dev = quiet()
+    # This device's waits: 2 s, then 4 s, each jittered into [w/2, w) by its name.
+    w1 = shadow_retry_wait_s(2.0, 1, shadow_retry_seed(dev.cfg.thing))
+    w2 = shadow_retry_wait_s(2.0, 2, shadow_retry_seed(dev.cfg.thing))
+    assert 1.0 <= w1 < 2.0 and 2.0 <= w2 < 4.0
     (first,) = updates(led(dev, 1.0, True, 2))
-    assert updates(run_until(dev, 2.99, 1.0)) == []
-    assert updates(run_until(dev, 3.0, 1.0)) == [first]  # after 2 s
-    assert updates(run_until(dev, 6.99, 3.0)) == []
-    assert updates(run_until(dev, 7.0, 3.0)) == [first]  # the wait doubled: 4 s
-    assert accept(dev, 7.5) == []
-    assert updates(run_until(dev, 1000.0, 7.5)) == []
+    assert updates(run_until(dev, 1.0 + w1 - 0.01, 1.0)) == []
+    assert updates(run_until(dev, 1.0 + w1, 1.0)) == [first]
+    t = 1.0 + w1
+    assert updates(run_until(dev, t + w2 - 0.01, t)) == []
+    assert updates(run_until(dev, t + w2, t)) == [first]  # the wait doubled
+    assert accept(dev, t + w2 + 0.5) == []
+    assert updates(run_until(dev, 1000.0, t + w2 + 0.5)) == []
 
 
 def test_update_unanswered_after_the_last_attempt_is_given_up() -> None:
@@ -794,9 +804,23 @@ def test_queued_boot_report_still_confirms_a_pending_image() -> None:
 
 
 def test_retry_wait_schedule_matches_the_firmware() -> None:
-    assert [shadow_retry_wait_s(2.0, n) for n in range(1, 6)] == [2, 4, 8, 16, 32]
-    assert shadow_retry_wait_s(5.0, 5) == 60.0 and shadow_retry_wait_s(5.0, 40) == 60.0
-    assert shadow_retry_wait_s(0, 1) == 5.0
+    # The vectors firmware/tests/test_shadow.c asserts for fleet_shadow_retry_wait_ms.
+    a, b = shadow_retry_seed("dev-001"), shadow_retry_seed("dev-002")
+    assert shadow_retry_seed("") == 2166136261 and shadow_retry_seed("a") == 0xE40C292C
+    assert [shadow_retry_wait_s(2.0, 1, a), shadow_retry_wait_s(2.0, 2, a),
+            shadow_retry_wait_s(2.0, 1, b)] == [1.429, 2.664, 1.908]
+    # Each wait within [w/2, w) of the doubling schedule, capped.
+    for seed in range(0, 2000, 7):
+        for base, attempt, w in [(0, 1, 5.0), (2.0, 1, 2.0), (2.0, 3, 8.0), (5.0, 5, 60.0),
+                                 (5.0, 40, 60.0)]:
+            assert w / 2 <= shadow_retry_wait_s(base, attempt, seed) < w
+
+
+def test_devices_whose_requests_died_together_do_not_retry_together() -> None:
+    waits = [shadow_retry_wait_s(2.0, 2, shadow_retry_seed(f"dev-{i:04d}"))
+             for i in range(1000)]
+    assert len(set(waits)) > 600  # spread over the second, not one thundering herd
+    assert max(waits) - min(waits) > 1.8
 
 
 def test_merge_reported_overlays_newer_values_and_keeps_nulls() -> None:

@@ -75,6 +75,7 @@ typedef struct fleet_device {
      * queued behind it (newer reports merge into it; it is sent once the one in flight
      * is answered or given up). */
     uint32_t shadow_retry_ms;
+    uint32_t retry_seed;              /* the jitter of its retry waits */
     bool update_in_flight;
     unsigned update_attempts;
     uint64_t update_deadline_ms;

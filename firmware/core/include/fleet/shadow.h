@@ -59,8 +59,15 @@ void fleet_shadow_merge_ota(fleet_ota_target_t *target, const fleet_delta_t *d);
 #define FLEET_SHADOW_RETRY_CAP_MS 60000u
 #define FLEET_SHADOW_ATTEMPTS_MAX 5u
 
-/* How long attempt n (1-based) waits for its answer. base_ms 0: the default. */
-uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt);
+/* How long attempt n (1-based) waits for its answer. base_ms 0: the default. The wait
+ * is jittered into [w/2, w) by the device's seed (fleet_shadow_retry_seed), so devices
+ * whose requests died together (a service worker killed) do not retry together; the
+ * jitter is a hash, not a random draw, so the simulator (sim/protocol.py) waits exactly
+ * as long. */
+uint32_t fleet_shadow_retry_wait_ms(uint32_t base_ms, unsigned attempt, uint32_t seed);
+
+/* The retry jitter's seed for a thing: FNV-1a of its name. */
+uint32_t fleet_shadow_retry_seed(const char *thing);
 
 /* A rejection with this code is retried (500: the service failed, 429: too many). */
 bool fleet_shadow_rejection_is_retryable(int code);
