@@ -231,8 +231,8 @@ def test_shadow_documents_round_trip_with_versions(registry: Registry) -> None:
     assert stored[("d1", "cfg")][0] == 1
 
 
-def test_migrations_are_idempotent_and_reach_head(db_url: str) -> None:
-    reg = Registry.open(db_url)
+def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
+    reg = Registry.open(empty_db_url)
     migrate.upgrade(reg.engine)  # a second run is a no-op
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
