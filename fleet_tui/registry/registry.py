@@ -36,7 +36,7 @@ from fleet_tui.domain.version import VersionError, is_version_field, parse_versi
 from fleet_tui.registry import migrate
 from fleet_tui.registry.audit import AuditLog, locked_transaction
 from fleet_tui.registry.automation_store import AutomationStore
-from fleet_tui.registry.engine import create_registry_engine
+from fleet_tui.registry.engine import WRITE_OPTION, create_registry_engine, write_transaction
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
 from fleet_tui.registry.jobs_store import JobStore
 from fleet_tui.registry.leases import Leases, check_fence
@@ -222,15 +222,17 @@ class Registry:
 
     @contextmanager
     def transaction(self, *, bulk_load: bool = False) -> Iterator[Connection]:
-        """One transaction. ``bulk_load`` (imports) skips SQLite's per-row foreign-key
+        """One writing transaction (on SQLite it takes the write lock at BEGIN, see
+        engine.write_transaction). ``bulk_load`` (imports) skips SQLite's per-row foreign-key
         lookups: every tag row an import writes belongs to a device the same batch inserts,
         so the check only cost time (a quarter of the insert work). PostgreSQL keeps its
         checks; COPY makes them cheap there."""
         if not (bulk_load and self.dialect == "sqlite"):
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 yield conn
             return
         with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})  # BEGIN IMMEDIATE
             raw = conn.connection.dbapi_connection
             assert raw is not None
             raw.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,32 @@ def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
     assert version == migrate.head() == "0004"  # bump with each new migration
     reg.close()
+
+
+def test_concurrent_read_then_write_transactions_all_commit(db_url: str) -> None:
+    # set_operator_tags reads (the device exists) before it writes. On SQLite a deferred
+    # BEGIN let another writer commit in between, and the upgrade to a write then failed
+    # at once with "database is locked" (busy_timeout does not cover a stale snapshot).
+    Registry.open(db_url).close()
+    registries = [Registry.open(db_url, migrate_schema=False) for _ in range(4)]
+    registries[0].add_devices([NewDevice(id=f"d{k}") for k in range(4)])
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            for n in range(100):
+                registries[k].set_operator_tags(f"d{k}", {"n": str(n)})
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert [registries[0].get_device(f"d{k}").tags["n"] for k in range(4)] == ["99"] * 4
+    finally:
+        for reg in registries:
+            reg.close()
