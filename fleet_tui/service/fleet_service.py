@@ -176,9 +176,7 @@ class FleetService:
         presence = self.presence.take_pending()
         health = self.telemetry.take_health()
         if presence or health:
-            with self.registry.transaction() as conn:
-                self.registry.set_presence(presence, conn)
-                self.registry.set_health(health, conn)
+            self.registry.record_ingest(presence, health)
         if with_buckets:
             self.registry.save_metric_buckets(self.telemetry.take_buckets(self.clock()))
 

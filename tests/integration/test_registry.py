@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,55 @@ def test_concurrent_read_then_write_transactions_all_commit(db_url: str) -> None
     finally:
         for reg in registries:
             reg.close()
+
+
+def test_ingest_keeps_what_each_update_does_not_carry(registry: Registry) -> None:
+    registry.add_devices([NewDevice(id="a"), NewDevice(id="b")])
+    registry.record_ingest([("a", True, 10.0)], [("b", "degraded", {"rssi": -90})])
+    registry.record_ingest([("b", True, 11.0)], [("a", "healthy", {"rssi": -50}),
+                                                 ("new-one", "healthy", None)])
+    registry.record_ingest([("c", False, 12.0)], [])  # first seen by presence: registered
+    rows = {r[0]: r[1:] for r in registry.health_records()}
+    assert rows["a"] == (True, "healthy", 10.0, {"rssi": -50})
+    assert rows["b"] == (True, "degraded", 11.0, {"rssi": -90})
+    assert rows["c"] == (False, None, 12.0, None)
+    assert "new-one" not in rows  # health alone registers nobody
+
+
+def test_concurrent_shadow_and_ingest_flushes_never_deadlock(db_url: str) -> None:
+    # Two workers' flushes over the same devices, in opposite arrival orders: a shadow
+    # batch mirrors reported state into device rows while an ingest flush updates
+    # presence and health. PostgreSQL aborted one of them as a deadlock until every
+    # writer locked device rows in id order, in one pass.
+    reg = Registry.open(db_url)
+    ids = [f"d{i:03d}" for i in range(40)]
+    reg.add_devices([NewDevice(id=i) for i in ids])
+    errors: list[BaseException] = []
+
+    def shadows() -> None:
+        for n in range(30):
+            order = ids if n % 2 else ids[::-1]
+            reg.save_shadows([(d, "", n + 1, {"version": n + 1}) for d in order],
+                             {d: {"firmware_version": "2.2.0", "n": n} for d in order})
+
+    def ingest() -> None:
+        for n in range(30):
+            order = ids[::-1] if n % 2 else ids
+            reg.record_ingest([(d, True, float(n)) for d in order[::2]],
+                              [(d, "healthy", {"n": n}) for d in order])
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (shadows, ingest) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+    finally:
+        reg.close()
