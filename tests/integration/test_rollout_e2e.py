@@ -1,6 +1,7 @@
 """Rollouts as an operator runs them: the CLI against `fleet-tui serve` and the simulator
 on the sample fleet, and one rollout onto the real firmware binary; both on SQLite and on
 PostgreSQL."""
+
 from __future__ import annotations
 
 import json
