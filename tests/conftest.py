@@ -59,8 +59,9 @@ def pg_database_url(name: str) -> str:
 @contextlib.contextmanager
 def _pg_database(template: str = "template0", prefix: str = "fleet_test") -> Iterator[str]:
     """A new database copied from ``template`` (no session may be connected to it), dropped
-    afterwards whoever is still connected."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    afterwards whoever is still connected. Its name carries this process's id, so a later
+    run can tell it was left behind (see _drop_stale_databases)."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
     with _admin().connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     try:
@@ -70,11 +71,12 @@ def _pg_database(template: str = "template0", prefix: str = "fleet_test") -> Ite
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _drop_stale_templates() -> None:
-    """Templates of runs that died (kill -9, a timeout) before their teardown."""
+def _drop_stale_databases() -> None:
+    """Databases of test processes that died (kill -9, a timeout) before their teardown."""
     with _admin().connect() as conn:
         names = conn.execute(sa.text(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'fleet_tmpl_%'")).scalars()
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fleet\\_test\\_%' "
+            "OR datname LIKE 'fleet\\_tmpl\\_%'")).scalars()
         for name in list(names):
             pid = name.rsplit("_", 2)[-2]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
@@ -87,7 +89,7 @@ def pg_template_of(seed: Callable[[Registry], None] | None = None,
     """A migrated (and ``seed``-ed) database to copy, named after this xdist worker and
     process so parallel runs and checkouts never share one. Yields its name."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with _pg_database(template, f"fleet_tmpl_{worker}_{os.getpid()}") as url:
+    with _pg_database(template, f"fleet_tmpl_{worker}") as url:
         reg = Registry.open(url)  # the migrations, once
         try:
             if seed is not None:
@@ -102,7 +104,7 @@ def pg_template() -> Iterator[str]:
     """The registry's schema, migrated once per xdist worker: each test's database is a
     copy of it (about a tenth of the time the migrations take)."""
     _require_pg()
-    _drop_stale_templates()
+    _drop_stale_databases()
     with pg_template_of() as name:
         yield name
 
