@@ -37,7 +37,7 @@ PG_AVAILABLE = _pg_available()
 def _require_pg() -> None:
     if not PG_AVAILABLE:
         if os.environ.get("CI"):
-            pytest.fail("PostgreSQL at 127.0.0.1:5432 is required in CI (FLEET_TUI_TEST_PG)")
+            pytest.fail(f"PostgreSQL ({PG_ADMIN_URL}, FLEET_TUI_TEST_PG) is required in CI")
         pytest.skip("PostgreSQL not reachable")
 
 
@@ -102,7 +102,8 @@ def pg_template_of(seed: Callable[[Registry], None] | None = None,
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """The registry's schema, migrated once per xdist worker: each test's database is a
-    copy of it (about a tenth of the time the migrations take)."""
+    copy of it, one CREATE DATABASE instead of every migration (0.07 against 0.18 s on an
+    idle machine, and no Alembic run in the test)."""
     _require_pg()
     _drop_stale_databases()
     with pg_template_of() as name:
