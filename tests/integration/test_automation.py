@@ -392,6 +392,11 @@ async def test_alerts_reach_the_webhook_from_the_running_fleet(
                                 "delivery marks")
                 events = [(m["event"], m["alert"]["id"]) for m in _Hook.received]
                 assert events[:2] == [("alert.raised", 1), ("alert.resolved", 1)]
+                await rig.stop_service()
+                # The delivery thread stops with the service (it used to poll the registry
+                # every 30 s for good, long after the test had dropped the database).
+                assert not any(t.name == "alert-webhook" and t.is_alive()
+                               for t in threading.enumerate())
     finally:
         hook.shutdown()
         hook.server_close()
