@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from fleet_tui.registry.engine import write_transaction
 from fleet_tui.registry.models import AuditEntry, Lease
 
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
@@ -29,12 +30,10 @@ ENGINE_LOCK_KEY = 0x666C7401
 def locked_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that holds the registry's write lock from its first statement, so a
     read-validate-write (a rollout approval, the audit chain's tail) cannot interleave with
-    another writer's. SQLite: a no-op write takes the database's write lock (what BEGIN
-    IMMEDIATE does); PostgreSQL: a transaction-scoped advisory lock."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execute(LEASE.update().where(sa.false()).values(name=LEASE.c.name))
-        else:
+    another writer's. SQLite: BEGIN IMMEDIATE (the database's write lock); PostgreSQL: a
+    transaction-scoped advisory lock."""
+    with write_transaction(engine) as conn:
+        if engine.dialect.name != "sqlite":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ENGINE_LOCK_KEY)))
         yield conn
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+
+# A connection execution option: this transaction will write (see write_transaction).
+WRITE_OPTION = "fleet_write"
 
 
 def create_registry_engine(url: str) -> Engine:
@@ -36,11 +41,26 @@ def json_serializer(value: Any) -> str:
     return json.dumps(value)
 
 
-def _sqlite_begin(conn: Any) -> None:
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that writes. On SQLite it takes the write lock
+    at BEGIN (BEGIN IMMEDIATE, waiting out busy_timeout for another writer): a deferred
+    transaction that reads first holds a snapshot, and when another writer commits before
+    its first write, SQLite refuses the upgrade at once with "database is locked", whatever
+    the busy timeout."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+def _sqlite_begin(conn: Connection) -> None:
     # Python's sqlite3 module starts transactions lazily and lets DDL run outside them, so
     # a failed import could keep its dropped indexes. Driving BEGIN ourselves makes every
     # SQLAlchemy transaction (and savepoint) a real SQLite one.
-    conn.exec_driver_sql("BEGIN")
+    immediate = conn.get_execution_options().get(WRITE_OPTION)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

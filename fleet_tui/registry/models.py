@@ -11,6 +11,10 @@ from sqlmodel import JSON, Column, Field, SQLModel
 SOURCE_OPERATOR = "o"
 SOURCE_REPORTED = "r"
 
+# Ids of append-only tables: 64-bit on PostgreSQL (migration 0005). SQLite keeps INTEGER,
+# the 64-bit rowid alias that numbers rows itself (a BIGINT key would not).
+BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 class Device(SQLModel, table=True):
     __tablename__ = "device"
@@ -221,7 +225,7 @@ class AuditEntry(SQLModel, table=True):
 
     __tablename__ = "audit_log"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIGINT_ID, primary_key=True))
     ts: float
     actor: str = Field(max_length=128)
     role: str = Field(default="", max_length=32)
@@ -300,7 +304,7 @@ class Alert(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_alert_key_status", "key", "status"),
                       sa.Index("ix_alert_group_raised", "group_name", "raised_at"))
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIGINT_ID, primary_key=True))
     key: str = Field(max_length=256)
     kind: str = Field(max_length=32)
     severity: str = Field(max_length=16)

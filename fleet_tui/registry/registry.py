@@ -36,7 +36,7 @@ from fleet_tui.domain.version import VersionError, is_version_field, parse_versi
 from fleet_tui.registry import migrate
 from fleet_tui.registry.audit import AuditLog, locked_transaction
 from fleet_tui.registry.automation_store import AutomationStore
-from fleet_tui.registry.engine import create_registry_engine
+from fleet_tui.registry.engine import WRITE_OPTION, create_registry_engine, write_transaction
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
 from fleet_tui.registry.jobs_store import JobStore
 from fleet_tui.registry.leases import Leases, check_fence
@@ -222,15 +222,17 @@ class Registry:
 
     @contextmanager
     def transaction(self, *, bulk_load: bool = False) -> Iterator[Connection]:
-        """One transaction. ``bulk_load`` (imports) skips SQLite's per-row foreign-key
+        """One writing transaction (on SQLite it takes the write lock at BEGIN, see
+        engine.write_transaction). ``bulk_load`` (imports) skips SQLite's per-row foreign-key
         lookups: every tag row an import writes belongs to a device the same batch inserts,
         so the check only cost time (a quarter of the insert work). PostgreSQL keeps its
         checks; COPY makes them cheap there."""
         if not (bulk_load and self.dialect == "sqlite"):
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 yield conn
             return
         with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})  # BEGIN IMMEDIATE
             raw = conn.connection.dbapi_connection
             assert raw is not None
             raw.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction
@@ -331,19 +333,14 @@ class Registry:
                 return self.apply_reported(updates, own)
         if not updates:
             return None
-        ids = list(updates)
-        self._ensure_devices(conn, ids)
         lite = self.dialect == "sqlite"
-        if lite:  # the ids as one JSON parameter: no expanding IN with a bind per device
-            conn.execute(_JSON_DELETE_REPORTED, {"rows": orjson.dumps(ids).decode()})
-        else:
-            conn.execute(
-                TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
-            )
-        rows: list[tuple[Any, ...]] = []
+        # Device rows in id order, before the tags: see record_ingest. (SQLite has one
+        # writer at a time; there the order does not matter and the batch is not sorted.)
+        ids = list(updates) if lite else sorted(updates)
+        self._ensure_devices(conn, ids)
         versions: list[dict[str, Any]] = []
-        for device_id, reported in updates.items():
-            rows.extend(tag_tuples(device_id, SOURCE_REPORTED, reported_attributes(reported)))
+        for device_id in ids:
+            reported = updates[device_id]
             fw = reported.get("firmware_version")
             hw = reported.get("hardware_rev")
             versions.append({
@@ -356,6 +353,8 @@ class Registry:
         if lite:
             batch = [tuple(v.values()) for v in versions]
             conn.execute(_JSON_UPDATE_VERSIONS, {"rows": orjson.dumps(batch).decode()})
+            # the ids as one JSON parameter: no expanding IN with a bind per device
+            conn.execute(_JSON_DELETE_REPORTED, {"rows": orjson.dumps(ids).decode()})
         else:
             conn.execute(
                 DEVICE.update()
@@ -368,6 +367,13 @@ class Registry:
                 ),
                 versions,
             )
+            conn.execute(
+                TAG.delete().where(TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(ids))
+            )
+        rows: list[tuple[Any, ...]] = []
+        for device_id in ids:
+            rows.extend(tag_tuples(device_id, SOURCE_REPORTED,
+                                   reported_attributes(updates[device_id])))
         bulk_insert(conn, TAG, TAG_COLUMNS, rows)
         return None
 
@@ -388,18 +394,7 @@ class Registry:
         self, updates: Sequence[tuple[str, bool, float]], conn: Connection | None = None
     ) -> None:
         """Record (device, online, last_seen) for a batch of devices."""
-        if conn is None:
-            with self.transaction() as own:
-                return self.set_presence(updates, own)
-        self._ensure_devices(conn, list({d for d, _, _ in updates}))
-        if updates:
-            conn.execute(
-                DEVICE.update()
-                .where(DEVICE.c.id == sa.bindparam("b_id"))
-                .values(online=sa.bindparam("b_online"), last_seen=sa.bindparam("b_ts")),
-                [{"b_id": d, "b_online": o, "b_ts": t} for d, o, t in updates],
-            )
-        return None
+        self.record_ingest(updates, (), conn)
 
     def set_health(
         self,
@@ -407,16 +402,37 @@ class Registry:
         conn: Connection | None = None,
     ) -> None:
         """Record (device, health state, latest telemetry) for a batch of devices."""
+        self.record_ingest((), updates, conn)
+
+    def record_ingest(
+        self,
+        presence: Sequence[tuple[str, bool, float]],
+        health: Sequence[tuple[str, str | None, dict[str, Any] | None]],
+        conn: Connection | None = None,
+    ) -> None:
+        """One ingest flush: (device, online, last_seen) and (device, health state, latest
+        telemetry), in one transaction that updates each device row once, in id order.
+
+        Every writer of device rows (each worker's ingest flush, a shadow batch mirroring
+        reported state) takes their locks in id order in one pass, so two of them never
+        wait on each other in a cycle (PostgreSQL aborted one as a deadlock when a flush
+        updated presence and then health in arrival order). A device first seen here is
+        registered."""
         if conn is None:
             with self.transaction() as own:
-                return self.set_health(updates, own)
-        if updates:
-            conn.execute(
-                DEVICE.update()
-                .where(DEVICE.c.id == sa.bindparam("b_id"))
-                .values(health=sa.bindparam("b_health"), telemetry=sa.bindparam("b_tel")),
-                [{"b_id": d, "b_health": h, "b_tel": t} for d, h, t in updates],
-            )
+                return self.record_ingest(presence, health, own)
+        rows: dict[str, dict[str, Any]] = {}
+        for d, online, ts in presence:
+            rows[d] = {**_NO_INGEST, "b_id": d, "b_p": True, "b_online": online, "b_ts": ts}
+        for d, state, telemetry in health:
+            row = rows.get(d) or {**_NO_INGEST, "b_id": d}
+            rows[d] = {**row, "b_h": True, "b_health": state, "b_tel": telemetry}
+        if not rows:
+            return None
+        ids = sorted(rows)
+        if presence:
+            self._ensure_devices(conn, sorted({d for d, _, _ in presence}))
+        conn.execute(_INGEST_UPDATE, [rows[d] for d in ids])
         return None
 
     def _require_device(self, conn: Connection, device_id: str) -> None:
@@ -829,6 +845,9 @@ class Registry:
             return
         stmt = _upsert(self.dialect, BUCKET, ["device_id", "metric", "width", "start"],
                        ["count", "total", "min", "max", "last"])
+        if self.dialect != "sqlite":  # every worker writes them: one lock order
+            rows = sorted(rows, key=lambda r: (r["device_id"], r["metric"], r["width"],
+                                               r["start"]))
         with self.transaction() as conn:
             conn.execute(stmt, list(rows))
 
@@ -929,9 +948,11 @@ class Registry:
             elif docs:
                 stmt = _upsert(self.dialect, SHADOW, ["thing_id", "name"],
                                ["version", "document", "updated_at"], monotonic="version")
+                # Rows in key order: two batches on the same shadows (a partition changing
+                # hands) lock them in the same order. Device rows follow, see record_ingest.
                 conn.execute(stmt, [
                     {"thing_id": t, "name": n, "version": v, "document": d, "updated_at": now}
-                    for t, n, v, d in docs
+                    for t, n, v, d in sorted(docs, key=lambda doc: (doc[0], doc[1]))
                 ])
             if reported:
                 self.apply_reported(reported, conn)
@@ -1198,4 +1219,23 @@ def _json_statements() -> tuple[Any, Any, Any, Any]:
 
 _JSON_DELETE_REPORTED, _JSON_UPDATE_VERSIONS, _JSON_ENSURE_DEVICES, _JSON_UPSERT_SHADOWS = (
     _json_statements()
+)
+
+
+# record_ingest's row update: each column keeps its value unless the row carries one.
+_NO_INGEST = {"b_p": False, "b_online": False, "b_ts": None, "b_h": False, "b_health": None,
+              "b_tel": None}
+_INGEST_UPDATE = DEVICE.update().where(DEVICE.c.id == sa.bindparam("b_id")).values(
+    online=sa.case((sa.bindparam("b_p", type_=sa.Boolean), sa.bindparam("b_online",
+                                                                        type_=sa.Boolean)),
+                   else_=DEVICE.c.online),
+    last_seen=sa.case((sa.bindparam("b_p", type_=sa.Boolean),
+                       sa.bindparam("b_ts", type_=DEVICE.c.last_seen.type)),
+                      else_=DEVICE.c.last_seen),
+    health=sa.case((sa.bindparam("b_h", type_=sa.Boolean),
+                    sa.bindparam("b_health", type_=DEVICE.c.health.type)),
+                   else_=DEVICE.c.health),
+    telemetry=sa.case((sa.bindparam("b_h", type_=sa.Boolean),
+                       sa.bindparam("b_tel", type_=DEVICE.c.telemetry.type)),
+                      else_=DEVICE.c.telemetry),
 )

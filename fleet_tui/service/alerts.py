@@ -239,19 +239,29 @@ class WebhookSender:
         self._retry_at = 0.0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def kick(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._closed = False
             self._thread = threading.Thread(target=self._run, name="alert-webhook",
                                             daemon=True)
             self._thread.start()
         self._wake.set()
 
+    def close(self) -> None:
+        """Stop the delivery thread once its POST in flight (if any) is answered; what it
+        did not deliver stays undelivered in the registry, for the next service."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout_s + 1)
+
     def _run(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.wait(30)
             self._wake.clear()
-            if time.monotonic() < self._retry_at:
+            if self._closed or time.monotonic() < self._retry_at:
                 continue
             try:
                 self.deliver_pending()
@@ -261,6 +271,8 @@ class WebhookSender:
     def deliver_pending(self) -> int:
         sent = 0
         for alert in self.registry.automation.undelivered():
+            if self._closed:
+                break
             if not self._post(webhook_payload(alert.to_dict())):
                 self.failures += 1
                 self._retry_at = time.monotonic() + min(60.0, 2.0 ** min(self.failures, 6))

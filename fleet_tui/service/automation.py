@@ -22,3 +22,10 @@ def install(service: Any) -> None:
                                   offline_share=settings.offline_spike_share, webhook=webhook)
     engine.participants += [service.scheduler, service.policies, service.alerts]
     engine.release_gate = WindowGate(registry)
+
+
+def shutdown(service: Any) -> None:
+    """Stop what ``install`` started that outlives the engine's ticks: the webhook's
+    delivery thread (it polled the registry every 30 s after the service had stopped)."""
+    if service.alerts.webhook is not None:
+        service.alerts.webhook.close()

@@ -17,6 +17,7 @@ from fleet_tui.config import Settings
 from fleet_tui.domain.health import expiry_cutoff
 from fleet_tui.registry.registry import Registry
 from fleet_tui.service.automation import install as install_automation
+from fleet_tui.service.automation import shutdown as shutdown_automation
 from fleet_tui.service.events import EventBus
 from fleet_tui.service.jobs import JobsEngine
 from fleet_tui.service.mqtt import MqttSession
@@ -151,6 +152,7 @@ class FleetService:
             if self.partitions is not None:  # after the last shadow flush
                 await self.partitions.release()
             await asyncio.to_thread(self._flush_ingest, True)
+            await asyncio.to_thread(shutdown_automation, self)
 
     async def _ingest_loop(self, stop: asyncio.Event) -> None:
         last_buckets = last_sweep = last_purge = self.clock()
@@ -176,9 +178,7 @@ class FleetService:
         presence = self.presence.take_pending()
         health = self.telemetry.take_health()
         if presence or health:
-            with self.registry.transaction() as conn:
-                self.registry.set_presence(presence, conn)
-                self.registry.set_health(health, conn)
+            self.registry.record_ingest(presence, health)
         if with_buckets:
             self.registry.save_metric_buckets(self.telemetry.take_buckets(self.clock()))
 

@@ -1,7 +1,8 @@
 """schemathesis against the generated OpenAPI spec, over real HTTP: a uvicorn this module
-starts on a free port, a real registry with a fleet, the real service through a real
-mosquitto. Every operation, valid and invalid inputs: never a 500, every status code and
-content type documented, every body matching its schema. Bounded examples (< 60 s)."""
+starts on a free port, a real registry with a fleet (SQLite, then PostgreSQL), the real
+service through a real mosquitto. Every operation, valid and invalid inputs: never a 500,
+every status code and content type documented, every body matching its schema. Bounded
+examples (< 60 s a backend)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.integration.engine_rig import fleet_rows, write_fleet_dir
 from tests.integration.mosquitto import Mosquitto
 
 # The last test reads what the generated calls left in the audit log: keep the module on
-# one xdist worker, in order (`make test` runs `--dist loadgroup`).
+# one xdist worker, in order (`make test` runs `--dist loadgroup`); pytest runs a module's
+# tests backend by backend, so each backend's audit check follows its own calls.
 pytestmark = pytest.mark.xdist_group("schemathesis")
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -32,10 +34,12 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+           ) -> Iterator[ApiServer]:
+    """One API server per backend (SQLite, then PostgreSQL) for the whole module."""
     tmp = tmp_path_factory.mktemp("schemathesis")
     broker = Mosquitto().start()
-    url = f"sqlite:///{tmp / 'registry.db'}"
+    url = module_db_url
     registry = Registry.open(url)
     import_fleet(registry, write_fleet_dir(tmp / "fleet", fleet_rows(12)))
     try:

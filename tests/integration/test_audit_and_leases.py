@@ -9,6 +9,7 @@ import threading
 import sqlalchemy as sa
 
 from fleet_tui.registry.audit import AUDIT
+from fleet_tui.registry.automation_store import ALERT
 from fleet_tui.registry.registry import Registry
 
 
@@ -75,3 +76,20 @@ def test_audit_verify_cli_exits_1_on_a_broken_chain(db_url: str, tmp_path) -> No
     broken = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert broken.returncode == 1 and "BROKEN at entry 1" in broken.stdout
     reg.close()
+
+
+def test_audit_and_alert_ids_go_past_32_bits(registry: Registry) -> None:
+    # Both tables only grow: on PostgreSQL their ids are BIGINT (a SERIAL stops at 2^31-1).
+    last32 = 2**31 - 1
+    alert = {"key": "k", "kind": "offline", "severity": "warning", "details": {}}
+    with registry.transaction() as conn:
+        conn.execute(AUDIT.insert().values(id=last32, ts=0.0, actor="a", action="x",
+                                           details={}, prev_hash="0" * 64, hash="1" * 64))
+        conn.execute(ALERT.insert().values(id=last32, **alert))
+        if registry.dialect == "postgresql":
+            conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('alert', 'id'), :n)"),
+                         {"n": last32})
+    assert registry.audit.record("ann", "operator", "job.cancel", "j1").id == 2**31
+    with registry.transaction() as conn:
+        assert registry.automation.insert_alert(conn, {**alert, "key": "k2"}) == 2**31
+    assert registry.automation.get_alert(2**31).key == "k2"

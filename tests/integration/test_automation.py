@@ -3,9 +3,9 @@
 Most scenarios drive the real FleetService's engine tick by tick with a controllable
 clock (``JobsEngine.tick(now)``, the very step the lease holder runs every tick) against a
 real registry on SQLite and PostgreSQL, feeding presence and telemetry through the
-service's own ingest. The webhook scenario runs the whole fleet: real mosquitto,
-simulated devices, the service's own loop, and a local HTTP server that receives the
-alerts."""
+service's own ingest. The webhook and live-window scenarios run the whole fleet, on both
+backends too: real mosquitto, simulated devices, the service's own loop, and a local HTTP
+server that receives the alerts."""
 
 from __future__ import annotations
 
@@ -366,14 +366,14 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 
 
 async def test_alerts_reach_the_webhook_from_the_running_fleet(
-        mosquitto: Mosquitto, tmp_path: Path) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, db_url: str) -> None:
     _Hook.received = []
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
         with firmware_server() as base_url:
-            async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                                  base_url, rows=fleet_rows(8)) as rig:
+            async with engine_rig(mosquitto, db_url, tmp_path, base_url,
+                                  rows=fleet_rows(8)) as rig:
                 rig.settings.automation.evaluate_s = 0.5
                 rig.settings.automation.webhook_url = (
                     f"http://127.0.0.1:{hook.server_address[1]}/alerts")
@@ -392,6 +392,11 @@ async def test_alerts_reach_the_webhook_from_the_running_fleet(
                                 "delivery marks")
                 events = [(m["event"], m["alert"]["id"]) for m in _Hook.received]
                 assert events[:2] == [("alert.raised", 1), ("alert.resolved", 1)]
+                await rig.stop_service()
+                # The delivery thread stops with the service (it used to poll the registry
+                # every 30 s for good, long after the test had dropped the database).
+                assert not any(t.name == "alert-webhook" and t.is_alive()
+                               for t in threading.enumerate())
     finally:
         hook.shutdown()
         hook.server_close()
@@ -413,7 +418,7 @@ def test_a_failing_policy_is_audited_and_the_engine_tick_goes_on(fleet: FleetSer
 
 
 async def test_live_window_holds_a_rollout_then_a_policy_halts_it(
-        mosquitto: Mosquitto, tmp_path: Path) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, db_url: str) -> None:
     """The whole fleet, live: the service's own loop, simulated devices, real broker."""
     import time as _time
 
@@ -422,8 +427,7 @@ async def test_live_window_holds_a_rollout_then_a_policy_halts_it(
     days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
     other_day = days[(_time.gmtime().tm_wday + 3) % 7]
     with firmware_server() as base_url:
-        async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                              base_url) as rig:
+        async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
             rig.settings.automation.evaluate_s = 0.5
             reg = rig.registry
             create_policy(reg, {"name": "halt-on-offline", "scope": "group",

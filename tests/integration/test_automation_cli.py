@@ -1,5 +1,5 @@
-"""The schedule, window, policy and alerts CLI on a real SQLite registry with the sample
-fleet; `fleet-tui api` refuses to start without tokens."""
+"""The schedule, window, policy and alerts CLI on real SQLite and PostgreSQL registries
+with the sample fleet; `fleet-tui api` refuses to start without tokens."""
 
 from __future__ import annotations
 
@@ -14,14 +14,22 @@ from tests.conftest import SAMPLE_DATA
 POLICIES = SAMPLE_DATA / "policies.toml"
 
 
+@pytest.fixture(scope="module")
+def sample_db(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample fleet, imported once per module and backend (each test below touches its
+    own kind of object: schedules, windows or policies)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEET_TUI_CONFIG", str(tmp_path_factory.mktemp("cli") / "none.toml"))
+        assert main(["--db", module_db_url, "import", str(SAMPLE_DATA)]) == 0
+    return module_db_url
+
+
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def db(sample_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("FLEET_TUI_OPERATOR", "olga")
     monkeypatch.setenv("FLEET_TUI_ROLE", "operator")
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    assert main(["--db", url, "import", str(SAMPLE_DATA)]) == 0
-    return url
+    return sample_db
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""The scriptable CLI end to end (real SQLite registry, real sample fleet)."""
+"""The scriptable CLI end to end (real SQLite and PostgreSQL registries, real sample fleet)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,20 @@ from fleet_tui.cli import main
 from tests.conftest import SAMPLE_DATA
 
 
+@pytest.fixture(scope="module")
+def sample_db(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample fleet, imported once per module and backend; the tests below add a group
+    at most, which no other test counts."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEET_TUI_CONFIG", str(tmp_path_factory.mktemp("cli") / "none.toml"))
+        assert main(["--db", module_db_url, "import", str(SAMPLE_DATA)]) == 0
+    return module_db_url
+
+
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def db(sample_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    assert main(["--db", url, "import", str(SAMPLE_DATA)]) == 0
-    return url
+    return sample_db
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -77,8 +85,9 @@ def test_user_mistakes_exit_2_with_a_message_and_no_traceback(
     assert err.startswith("fleet-tui: error: ")
 
 
-def test_no_subcommand_seeds_an_empty_registry_and_opens_the_console(tmp_path: Path) -> None:
-    env = {"FLEET_TUI_DB": f"sqlite:///{tmp_path / 'x.db'}",
+def test_no_subcommand_seeds_an_empty_registry_and_opens_the_console(tmp_path: Path,
+                                                                   db_url: str) -> None:
+    env = {"FLEET_TUI_DB": db_url,
            "FLEET_TUI_CONFIG": str(tmp_path / "none.toml"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "fleet_tui.cli", "groups", "tree"],
                           capture_output=True, text=True, env=env, check=True)

@@ -1,6 +1,7 @@
 """Bulk jobs end to end: the engine and the AWS IoT Jobs MQTT API against simulated
 devices through a real mosquitto; timeouts, retries, abort criteria, cancel with and
-without force, the rate limit across a restart, and kill -9 of `fleet-tui serve`."""
+without force, the rate limit across a restart, and kill -9 of `fleet-tui serve`; every
+scenario on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -59,9 +60,8 @@ async def test_reboot_and_diagnostic_jobs_succeed_through_the_jobs_api(
 
 
 async def test_failures_retry_then_abort_cancels_the_queue(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         await rig.start_fleet()
         # A failing command, one retry, abort when > 50% failed after 3: with 2 in flight at
@@ -81,9 +81,8 @@ async def test_failures_retry_then_abort_cancels_the_queue(
 
 
 async def test_timeouts_retries_and_cancel_with_and_without_force(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         # No device is online: firmware executions start (desired state written) and time
         # out; one retry each, then TIMED_OUT for good. Never a false success.
@@ -128,9 +127,8 @@ async def test_timeouts_retries_and_cancel_with_and_without_force(
 
 
 async def test_rate_limit_holds_across_an_engine_restart(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         job = _job(rig, "firmware_update", {"release": "2.4.1"}, rate_per_minute=3,
                    timeout_s=600)
@@ -148,9 +146,9 @@ async def test_rate_limit_holds_across_an_engine_restart(
 
 
 async def test_a_release_over_the_per_tick_cap_goes_on_at_once_in_the_next_ticks(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
     # With a 60 s tick only the cap's continuation ticks can release the rest in time.
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'c.db'}", tmp_path, base_url,
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url,
                           tick_s=60.0) as rig:
         rig.settings.jobs.max_release_per_tick = 5
         job = _job(rig, "firmware_update", {"release": "2.4.1"}, timeout_s=600)
@@ -184,9 +182,8 @@ def _serve(rig: EngineRig, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_kill_9_mid_job_then_restart_loses_nothing_and_starts_nothing_twice(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         log = tmp_path / "serve.log"
         proc = _serve(rig, log)
         try:
@@ -215,13 +212,12 @@ async def test_kill_9_mid_job_then_restart_loses_nothing_and_starts_nothing_twic
 
 
 async def test_jobs_api_answers_like_aws_iot_jobs_including_errors(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
     from fleet_tui.service.topics import Topics
     from tests.integration.service_harness import peer
 
     t = Topics()
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         thing = "dev-004"
         subs = [t.jobs(thing, "#")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -231,10 +233,91 @@ def test_shadow_documents_round_trip_with_versions(registry: Registry) -> None:
     assert stored[("d1", "cfg")][0] == 1
 
 
-def test_migrations_are_idempotent_and_reach_head(db_url: str) -> None:
-    reg = Registry.open(db_url)
+def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
+    reg = Registry.open(empty_db_url)
     migrate.upgrade(reg.engine)  # a second run is a no-op
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
-    assert version == migrate.head() == "0004"  # bump with each new migration
+    assert version == migrate.head() == "0005"  # bump with each new migration
     reg.close()
+
+
+def test_concurrent_read_then_write_transactions_all_commit(db_url: str) -> None:
+    # set_operator_tags reads (the device exists) before it writes. On SQLite a deferred
+    # BEGIN let another writer commit in between, and the upgrade to a write then failed
+    # at once with "database is locked" (busy_timeout does not cover a stale snapshot).
+    Registry.open(db_url).close()
+    registries = [Registry.open(db_url, migrate_schema=False) for _ in range(4)]
+    registries[0].add_devices([NewDevice(id=f"d{k}") for k in range(4)])
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            for n in range(100):
+                registries[k].set_operator_tags(f"d{k}", {"n": str(n)})
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert [registries[0].get_device(f"d{k}").tags["n"] for k in range(4)] == ["99"] * 4
+    finally:
+        for reg in registries:
+            reg.close()
+
+
+def test_ingest_keeps_what_each_update_does_not_carry(registry: Registry) -> None:
+    registry.add_devices([NewDevice(id="a"), NewDevice(id="b")])
+    registry.record_ingest([("a", True, 10.0)], [("b", "degraded", {"rssi": -90})])
+    registry.record_ingest([("b", True, 11.0)], [("a", "healthy", {"rssi": -50}),
+                                                 ("new-one", "healthy", None)])
+    registry.record_ingest([("c", False, 12.0)], [])  # first seen by presence: registered
+    rows = {r[0]: r[1:] for r in registry.health_records()}
+    assert rows["a"] == (True, "healthy", 10.0, {"rssi": -50})
+    assert rows["b"] == (True, "degraded", 11.0, {"rssi": -90})
+    assert rows["c"] == (False, None, 12.0, None)
+    assert "new-one" not in rows  # health alone registers nobody
+
+
+def test_concurrent_shadow_and_ingest_flushes_never_deadlock(db_url: str) -> None:
+    # Two workers' flushes over the same devices, in opposite arrival orders: a shadow
+    # batch mirrors reported state into device rows while an ingest flush updates
+    # presence and health. PostgreSQL aborted one of them as a deadlock until every
+    # writer locked device rows in id order, in one pass.
+    reg = Registry.open(db_url)
+    ids = [f"d{i:03d}" for i in range(40)]
+    reg.add_devices([NewDevice(id=i) for i in ids])
+    errors: list[BaseException] = []
+
+    def shadows() -> None:
+        for n in range(30):
+            order = ids if n % 2 else ids[::-1]
+            reg.save_shadows([(d, "", n + 1, {"version": n + 1}) for d in order],
+                             {d: {"firmware_version": "2.2.0", "n": n} for d in order})
+
+    def ingest() -> None:
+        for n in range(30):
+            order = ids[::-1] if n % 2 else ids
+            reg.record_ingest([(d, True, float(n)) for d in order[::2]],
+                              [(d, "healthy", {"n": n}) for d in order])
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (shadows, ingest) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+    finally:
+        reg.close()

@@ -1,5 +1,6 @@
 """Phased rollouts end to end: the real service and engine, mosquitto, simulated devices
-that download real images, reboot, crash-loop and roll themselves back."""
+that download real images, reboot, crash-loop and roll themselves back; on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -91,9 +92,8 @@ async def test_bad_canary_halts_itself_with_evidence_and_rolls_back(
 
 
 async def test_good_release_goes_through_every_wave_with_approvals_and_two_person_rule(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         await rig.start_fleet()
         plan = plan_rollout(rig.registry, "2.4.1", "plant", spec=WaveSpec((10, 50, 100)),
@@ -122,9 +122,8 @@ async def test_good_release_goes_through_every_wave_with_approvals_and_two_perso
 
 
 async def test_halt_and_resume_by_operator_stop_and_restart_new_devices(
-        mosquitto: Mosquitto, tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'r.db'}", tmp_path,
-                          base_url) as rig:
+        mosquitto: Mosquitto, tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         # Halting pauses the wave's job (nothing new starts); resuming releases again.
         await rig.start_fleet()

@@ -1,4 +1,5 @@
-"""`fleet-tui shadow get|set` and `devices health` against the running service."""
+"""`fleet-tui shadow get|set` and `devices health` against the running service (on SQLite
+and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ def test_parse_assignments_nests_and_types_values() -> None:
 
 async def test_shadow_set_and_get_via_the_cli(
     mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], db_url: str,
 ) -> None:
     monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
-    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    db = db_url
     registry = Registry.open(db)
     settings = settings_for(mosquitto.url, db)
     base = ["--db", db, "--broker", mosquitto.url]
@@ -64,10 +65,10 @@ async def test_shadow_set_and_get_via_the_cli(
 
 async def test_devices_health_reports_counts_and_anomalies(
     mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], db_url: str,
 ) -> None:
     monkeypatch.setenv("FLEET_TUI_CONFIG", str(tmp_path / "none.toml"))
-    db = f"sqlite:///{tmp_path / 'h.db'}"
+    db = db_url
     registry = Registry.open(db)
     registry.add_devices([NewDevice(f"d{i}", tags={"site": "x"}) for i in range(12)])
     registry.create_group("site-x", query='tag.site = "x"')

@@ -1,10 +1,9 @@
-"""The Device Shadow service over the wire: real mosquitto, real registry (SQLite, and
-PostgreSQL for the persistence test), AWS's example documents."""
+"""The Device Shadow service over the wire: real mosquitto, real registry (every test
+on SQLite and on PostgreSQL), AWS's example documents."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,16 +25,11 @@ def on(suffix: str, token: str | None = None):
     return pred
 
 
-@pytest.fixture
-def sqlite_registry(tmp_path: Path) -> Registry:
-    return Registry.open(f"sqlite:///{tmp_path / 'svc.db'}")
-
-
 async def test_desired_reported_delta_flow_like_aws(
-    mosquitto: Mosquitto, sqlite_registry: Registry
+    mosquitto: Mosquitto, registry: Registry
 ) -> None:
     settings = settings_for(mosquitto.url, "unused")
-    async with running_service(settings, sqlite_registry) as svc, \
+    async with running_service(settings, registry) as svc, \
             peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as dev:
         # AWS docs example: an app sets desired color/power.
         await dev.publish(T.shadow(THING), {"state": {"desired": {"color": "RED", "power": "on"}},
@@ -65,14 +59,14 @@ async def test_desired_reported_delta_flow_like_aws(
         await dev.publish(T.shadow(THING), {"state": {"reported": {"power": None}},
                                             "clientToken": "dev-2"})
         await dev.wait_for(on("/update/accepted", "dev-2"))
-    assert sqlite_registry.device_ids(where='color = "RED" and not has(power)') == [THING]
+    assert registry.device_ids(where='color = "RED" and not has(power)') == [THING]
 
 
 async def test_named_shadows_are_separate_documents(
-    mosquitto: Mosquitto, sqlite_registry: Registry
+    mosquitto: Mosquitto, registry: Registry
 ) -> None:
     settings = settings_for(mosquitto.url, "unused")
-    async with running_service(settings, sqlite_registry), \
+    async with running_service(settings, registry), \
             peer(mosquitto.url, [T.shadow(THING, "config", "+", "+"),
                                  T.shadow(THING, "", "+", "+")]) as app:
         await app.publish(T.shadow(THING, "config"), {"state": {"desired": {"mode": "eco"}},
@@ -107,10 +101,10 @@ async def test_named_shadows_are_separate_documents(
     ],
 )
 async def test_each_error_code_over_the_wire(
-    mosquitto: Mosquitto, sqlite_registry: Registry, payload: bytes, code: int, fragment: str
+    mosquitto: Mosquitto, registry: Registry, payload: bytes, code: int, fragment: str
 ) -> None:
     settings = settings_for(mosquitto.url, "unused")
-    async with running_service(settings, sqlite_registry) as svc, \
+    async with running_service(settings, registry) as svc, \
             peer(mosquitto.url, [T.shadow(THING, "", "update", "+")]) as app:
         await app.publish(T.shadow(THING), {"state": {"reported": {"ok": True}},
                                             "clientToken": "seed"})
@@ -125,11 +119,11 @@ async def test_each_error_code_over_the_wire(
 
 
 async def test_bad_thing_name_is_rejected_on_its_own_topic(
-    mosquitto: Mosquitto, sqlite_registry: Registry
+    mosquitto: Mosquitto, registry: Registry
 ) -> None:
     settings = settings_for(mosquitto.url, "unused")
     bad = "bad.thing!"
-    async with running_service(settings, sqlite_registry) as svc, \
+    async with running_service(settings, registry) as svc, \
             peer(mosquitto.url, [T.shadow(bad, "", "update", "rejected")]) as app:
         await app.publish(T.shadow(bad), {"state": {"desired": {"a": 1}}, "clientToken": "x"})
         _, err = await app.wait_for(on("/update/rejected"))
@@ -138,10 +132,10 @@ async def test_bad_thing_name_is_rejected_on_its_own_topic(
 
 
 async def test_more_than_ten_in_flight_requests_get_429(
-    mosquitto: Mosquitto, sqlite_registry: Registry
+    mosquitto: Mosquitto, registry: Registry
 ) -> None:
     settings = settings_for(mosquitto.url, "unused", flush_interval_ms=300)
-    async with running_service(settings, sqlite_registry), \
+    async with running_service(settings, registry), \
             peer(mosquitto.url, [T.shadow(THING, "", "update", "+")]) as dev:
         for i in range(25):
             await dev.publish(T.shadow(THING), {"state": {"reported": {"n": i}},
@@ -157,10 +151,10 @@ async def test_more_than_ten_in_flight_requests_get_429(
 
 
 async def test_two_concurrent_writers_one_wins_the_other_gets_409(
-    mosquitto: Mosquitto, sqlite_registry: Registry
+    mosquitto: Mosquitto, registry: Registry
 ) -> None:
     settings = settings_for(mosquitto.url, "unused")
-    async with running_service(settings, sqlite_registry), \
+    async with running_service(settings, registry), \
             peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as a, \
             peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as b:
         await a.publish(T.shadow(THING), {"state": {"desired": {"led": False}},
@@ -211,13 +205,13 @@ async def test_restart_brings_back_every_document_with_its_version(
 
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
 async def test_service_speaks_mqtt_5_or_3_1_1_as_configured(
-    mosquitto: Mosquitto, sqlite_registry: Registry, version: str
+    mosquitto: Mosquitto, registry: Registry, version: str
 ) -> None:
     import aiomqtt
 
     settings = settings_for(mosquitto.url, "unused")
     settings.mqtt_version = version
-    async with running_service(settings, sqlite_registry) as svc, \
+    async with running_service(settings, registry) as svc, \
             peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as dev:
         expected = aiomqtt.ProtocolVersion.V5 if version == "5" else aiomqtt.ProtocolVersion.V311
         assert svc.session.protocol == expected

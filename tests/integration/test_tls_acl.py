@@ -1,6 +1,7 @@
 """TLS and per-device access against a real mosquitto: a throwaway CA, a TLS listener,
 the ACL from `fleet-tui broker acl`, certificate or password authentication, and the real
-FleetService. Device A must not read or write device B's shadow."""
+FleetService (its registry on SQLite and PostgreSQL). Device A must not read or write device
+B's shadow."""
 
 from __future__ import annotations
 
@@ -148,9 +149,9 @@ async def device(mosq: Mosquitto, ca: TestCA, auth: str, thing: str,
 
 
 async def test_service_and_cli_work_over_tls_with_the_server_verified(
-        ca: TestCA, tmp_path: Path) -> None:
+        ca: TestCA, tmp_path: Path, db_url: str) -> None:
     with broker(ca, tmp_path, None) as mosq:
-        settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca, None, "fleet-service")
+        settings = _settings(mosq, db_url, ca, None, "fleet-service")
         registry = Registry.open(settings.db)
         async with running_service(settings, registry) as service:
             result = await ShadowClient(settings).update_desired("dev-a", {"led_is_on": True})
@@ -204,10 +205,10 @@ def test_tls_settings_with_missing_files_fail_with_the_key_named(tmp_path: Path)
 
 @pytest.mark.parametrize("auth", ["certificate", "password", "dynsec"])
 async def test_device_cannot_read_or_write_another_devices_shadow(
-        ca: TestCA, tmp_path: Path, auth: str) -> None:
+        ca: TestCA, tmp_path: Path, auth: str, db_url: str) -> None:
     p = TOPICS.shadow_prefix
     with broker(ca, tmp_path, auth) as mosq:
-        settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca, auth, "fleet-service")
+        settings = _settings(mosq, db_url, ca, auth, "fleet-service")
         registry = Registry.open(settings.db)
         async with running_service(settings, registry) as service, \
                 device(mosq, ca, auth, "dev-b", [f"{p}/dev-b/shadow/#"]) as (b, _), \
@@ -264,11 +265,11 @@ async def test_wrong_password_and_anonymous_clients_are_refused(
 
 
 async def test_device_credentials_cannot_read_another_shadow_through_the_cli(
-        ca: TestCA, tmp_path: Path) -> None:
+        ca: TestCA, tmp_path: Path, db_url: str) -> None:
     """With dev-a's certificate the CLI gets dev-a's shadow but never dev-b's: the request
     is dropped by the broker, so the service never answers."""
     with broker(ca, tmp_path, "certificate") as mosq:
-        service_settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca,
+        service_settings = _settings(mosq, db_url, ca,
                                      "certificate", "fleet-service")
         registry = Registry.open(service_settings.db)
         async with running_service(service_settings, registry):
@@ -285,12 +286,12 @@ async def test_device_credentials_cannot_read_another_shadow_through_the_cli(
 
 
 async def test_simulated_device_with_its_certificate_reaches_the_service(
-        ca: TestCA, tmp_path: Path) -> None:
+        ca: TestCA, tmp_path: Path, db_url: str) -> None:
     from fleet_tui.sim.cli import device_tls
     from fleet_tui.sim.fleet import Fleet, device_config
 
     with broker(ca, tmp_path, "certificate") as mosq:
-        settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca, "certificate",
+        settings = _settings(mosq, db_url, ca, "certificate",
                              "fleet-service")
         registry = Registry.open(settings.db)
         sim_settings = dataclasses.replace(settings, tls=_tls(ca))
@@ -321,13 +322,13 @@ def test_tls_context_verifies_by_default(ca: TestCA) -> None:
 
 @pytest.mark.parametrize("auth", ["certificate", "password"])
 async def test_firmware_host_device_over_tls_reaches_the_service_only_as_itself(
-        ca: TestCA, tmp_path: Path, auth: str) -> None:
+        ca: TestCA, tmp_path: Path, auth: str, db_url: str) -> None:
     from tests.integration.devices import FIRMWARE_BINARY
 
     if not FIRMWARE_BINARY.exists():
         pytest.fail(f"{FIRMWARE_BINARY} is missing: run firmware/build.sh")
     with broker(ca, tmp_path, auth) as mosq:
-        settings = _settings(mosq, f"sqlite:///{tmp_path / 'r.db'}", ca, auth, "fleet-service")
+        settings = _settings(mosq, db_url, ca, auth, "fleet-service")
         registry = Registry.open(settings.db)
         args = [str(FIRMWARE_BINARY), "--thing", "dev-a", "--broker", mosq.url,
                 "--state-dir", str(tmp_path / "flash"), "--hardware-rev", "rev-b",

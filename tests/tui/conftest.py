@@ -1,5 +1,6 @@
-"""Console fixtures: a seeded SQLite registry (imported once per session, copied per test)
-and an app factory with a fixed clock and no service."""
+"""Console fixtures: a seeded SQLite registry (imported once per session, copied per test),
+the same seed on PostgreSQL (a per-session template, copied per test) and an app factory
+with a fixed clock and no service."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fleet_tui.domain.shadow import ShadowDocument
 from fleet_tui.registry.importer import import_fleet
 from fleet_tui.registry.registry import Registry
 from fleet_tui.tui.app import FleetApp
-from tests.conftest import SAMPLE_DATA
+from tests.conftest import BACKENDS, SAMPLE_DATA, _pg_database, pg_template_of
 
 CLOCK = 1_700_000_000.0
 CONVERGING_DEVICE = "esp32-000001"
@@ -63,44 +64,75 @@ def _buckets() -> list[dict[str, object]]:
     return rows
 
 
+def seed_console(registry: Registry) -> None:
+    """The sample fleet with presence, health, metric buckets and shadows at CLOCK."""
+    import_fleet(registry, SAMPLE_DATA)
+    registry.set_presence([(d, True, CLOCK - 3 * i) for i, d in enumerate(ONLINE)])
+    registry.set_health([(d, "healthy", _telemetry(i)) for i, d in enumerate(ONLINE)])
+    registry.set_health([(d, "unhealthy", _telemetry(3, temp_c=118.0 + i))
+                         for i, d in enumerate(UNHEALTHY)])
+    registry.set_presence([(GONE_DARK, True, CLOCK - 900)])
+    registry.set_health([(GONE_DARK, "healthy", _telemetry(5))])
+    registry.save_metric_buckets(_buckets())
+    registry.save_shadows([
+        (CONVERGING_DEVICE, "config", 2, _shadow({"sample_rate_hz": 10},
+                                                 {"sample_rate_hz": 10}, 2)),
+        (CONVERGING_DEVICE, "", 7, _shadow(
+            {"led_is_on": True, "telemetry_interval_s": 30},
+            {"led_is_on": False, "telemetry_interval_s": 30, "firmware_version": "2.1.2",
+             "ota_status": "idle"}, 7)),
+        (IN_SYNC_DEVICE, "", 3, _shadow(
+            {"led_is_on": True},
+            {"led_is_on": True, "firmware_version": "2.2.0"}, 3)),
+    ])
+
+
 @pytest.fixture(scope="session")
 def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tui") / "seed.db"
     registry = Registry.open(f"sqlite:///{path}")
     try:
-        import_fleet(registry, SAMPLE_DATA)
-        registry.set_presence([(d, True, CLOCK - 3 * i) for i, d in enumerate(ONLINE)])
-        registry.set_health([(d, "healthy", _telemetry(i)) for i, d in enumerate(ONLINE)])
-        registry.set_health([(d, "unhealthy", _telemetry(3, temp_c=118.0 + i))
-                             for i, d in enumerate(UNHEALTHY)])
-        registry.set_presence([(GONE_DARK, True, CLOCK - 900)])
-        registry.set_health([(GONE_DARK, "healthy", _telemetry(5))])
-        registry.save_metric_buckets(_buckets())
-        registry.save_shadows([
-            (CONVERGING_DEVICE, "config", 2, _shadow({"sample_rate_hz": 10},
-                                                     {"sample_rate_hz": 10}, 2)),
-            (CONVERGING_DEVICE, "", 7, _shadow(
-                {"led_is_on": True, "telemetry_interval_s": 30},
-                {"led_is_on": False, "telemetry_interval_s": 30, "firmware_version": "2.1.2",
-                 "ota_status": "idle"}, 7)),
-            (IN_SYNC_DEVICE, "", 3, _shadow(
-                {"led_is_on": True},
-                {"led_is_on": True, "firmware_version": "2.2.0"}, 3)),
-        ])
+        seed_console(registry)
     finally:
         registry.close()
     return path
 
 
-@pytest.fixture
-def registry(seeded_db: Path, tmp_path: Path) -> Iterator[Registry]:
-    path = tmp_path / "registry.db"
-    shutil.copy(seeded_db, path)
-    reg = Registry.open(f"sqlite:///{path}")
+@pytest.fixture(scope="session")
+def seeded_pg_template(pg_template: str) -> Iterator[str]:
+    """The same seed in PostgreSQL, once per session and xdist worker, to copy per test."""
+    with pg_template_of(seed_console, template=pg_template) as name:
+        yield name
+
+
+def _open(url: str) -> Iterator[Registry]:
+    reg = Registry.open(url)
     try:
         yield reg
     finally:
         reg.close()
+
+
+def _sqlite_copy(seeded_db: Path, tmp_path: Path) -> Iterator[Registry]:
+    path = tmp_path / "registry.db"
+    shutil.copy(seeded_db, path)
+    yield from _open(f"sqlite:///{path}")
+
+
+@pytest.fixture
+def registry(seeded_db: Path, tmp_path: Path) -> Iterator[Registry]:
+    yield from _sqlite_copy(seeded_db, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def seeded_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """The seeded registry once on SQLite and once on PostgreSQL (a copy of the seeded
+    template). The console's live and role tests use it; the snapshots stay on SQLite."""
+    if request.param == "sqlite":
+        yield from _sqlite_copy(request.getfixturevalue("seeded_db"), tmp_path)
+        return
+    with _pg_database(request.getfixturevalue("seeded_pg_template")) as url:
+        yield from _open(url)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The console against the real thing: a mosquitto started by the test, the real
 FleetService (in the console's process, or attached to from outside) and simulated devices
-speaking the firmware's protocol."""
+speaking the firmware's protocol; the registry on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+
+import pytest
 
 from fleet_tui.config import Settings
 from fleet_tui.registry.registry import Registry
@@ -24,6 +26,12 @@ from tests.integration.conftest import mosquitto  # noqa: F401 (the fixture)
 from tests.integration.mosquitto import Mosquitto
 from tests.tui.conftest import CONVERGING_DEVICE
 from tests.tui.test_console_flows import settle, static_text
+
+
+@pytest.fixture
+def registry(seeded_registry: Registry) -> Registry:
+    """The seeded console registry, on SQLite and on PostgreSQL."""
+    return seeded_registry
 
 
 async def until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -12,6 +12,12 @@ from tests.tui.conftest import IN_SYNC_DEVICE, fixed_clock
 from tests.tui.test_console_flows import settle
 
 
+@pytest.fixture
+def registry(seeded_registry: Registry) -> Registry:
+    """The seeded console registry, on SQLite and on PostgreSQL."""
+    return seeded_registry
+
+
 @pytest.mark.parametrize(("role", "can_edit"), [("viewer", False), ("operator", True)])
 async def test_role_decides_whether_desired_can_be_edited(registry: Registry, role: str,
                                                           can_edit: bool) -> None:

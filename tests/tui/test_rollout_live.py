@@ -5,7 +5,7 @@ the real images over HTTP and crash-loop on rev-b with 2.4.0, and the console.
 The operator plans 2.4.0 in the wizard and starts it by typing the version; the canary
 halts by itself with the evidence; R rolls it back; then 2.4.1 goes through every wave
 with a halt, a resume and the approvals, all by keys. A read-only monitor on the same
-rollout refuses every key.
+rollout refuses every key. The registry is SQLite, then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ async def until_status(rig: EngineRig, pilot: Pilot[None], rollout_id: str, stat
 
 
 async def test_bad_canary_drill_by_keyboard(mosquitto: Mosquitto,  # noqa: F811
-                                           tmp_path: Path, base_url: str) -> None:
-    async with engine_rig(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", tmp_path,
-                          base_url) as rig:
+                                           tmp_path: Path, base_url: str, db_url: str) -> None:
+    async with engine_rig(mosquitto, db_url, tmp_path, base_url) as rig:
         await rig.start_service()
         await rig.start_fleet()
         revs = {r["id"]: r["hardware_rev"] for r in rig.rows}
