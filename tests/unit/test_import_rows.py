@@ -8,13 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_tui.domain.query import reported_attributes
-from fleet_tui.registry.registry import (
-    SOURCE_OPERATOR,
-    SOURCE_REPORTED,
-    NewDevice,
-    _row_batches,
-    tag_tuples,
-)
+from fleet_tui.registry.bulk_load import NewDevice, device_batches, tag_tuples
+from fleet_tui.registry.models import SOURCE_OPERATOR, SOURCE_REPORTED
 
 keys = st.sampled_from(["region", "site", "fw_version", "app_version", "n", "x.y", "tags"])
 scalars = st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
@@ -34,11 +29,15 @@ devices = st.lists(st.builds(
 @settings(max_examples=200, deadline=None)
 @given(devices, st.integers(1, 7))
 def test_batched_rows_equal_the_per_device_rows(devs: list[NewDevice], size: int) -> None:
-    batches = list(_row_batches(devs, size))
-    assert [row[0] for b in batches for row in b[0]] == [d.id for d in devs]
-    assert all(len(b[0]) <= size for b in batches)
+    batches = list(device_batches(devs, size))
+    assert [row[0] for b in batches for row in b.device_rows()] == [d.id for d in devs]
+    assert all(len(b.ids) <= size for b in batches)
     expected = []
     for dev in devs:
-        expected += tag_tuples(dev.id, SOURCE_OPERATOR, dev.tags)
-        expected += tag_tuples(dev.id, SOURCE_REPORTED, reported_attributes(dev.reported))
-    assert [row for b in batches for row in b[1]] == expected
+        # Each device's tags in primary-key order (source, key): in-order b-tree inserts.
+        expected += sorted(
+            tag_tuples(dev.id, SOURCE_OPERATOR, dev.tags)
+            + tag_tuples(dev.id, SOURCE_REPORTED, reported_attributes(dev.reported)),
+            key=lambda row: (row[1], row[2]),
+        )
+    assert [row for b in batches for row in b.tag_rows()] == expected
