@@ -330,26 +330,23 @@ PROFILE_TAG_COLUMNS = ("ref", "source", "key", "value", "num", "vkey")
 
 
 def _profile_statements() -> tuple[Any, Any]:
-    each = sa.func.json_each(sa.bindparam("pairs", type_=sa.String)).table_valued("value")
-    # LIMIT keeps SQLite from flattening the pairs into the join: each device's two JSON
-    # fields are then read once, not once per tag row. SCAN pairs, then SEARCH the
-    # profile tables by primary key: rows come out in the device and tag tables' key order.
-    pairs = (
-        sa.select(sa.func.json_extract(each.c.value, sa.literal_column("'$[0]'")).label("id"),
-                  sa.func.json_extract(each.c.value, sa.literal_column("'$[1]'")).label("ref"))
-        .select_from(each).limit(-1).subquery("pairs")
-    )
+    # The batch is one JSON object {device id: profile ref}: json_each hands out both as
+    # its key and value columns, with no JSON field to extract per row. SCAN the object,
+    # SEARCH the profile tables by primary key: rows come out in the device and tag
+    # tables' own key order, so every insert appends.
+    pairs = sa.func.json_each(sa.bindparam("pairs", type_=sa.String)).table_valued(
+        "key", "value", name="pairs")
     devices = DEVICE.insert().from_select(
         list(DEVICE_COLUMNS),
-        sa.select(pairs.c.id, PROFILE.c.hardware_rev, PROFILE.c.firmware_version,
+        sa.select(pairs.c.key, PROFILE.c.hardware_rev, PROFILE.c.firmware_version,
                   PROFILE.c.fw_key, sa.false(), sa.bindparam("created_at", type_=sa.Float))
-        .select_from(pairs.join(PROFILE, PROFILE.c.ref == pairs.c.ref)),
+        .select_from(pairs.join(PROFILE, PROFILE.c.ref == pairs.c.value)),
     )
     tags = TAG.insert().from_select(
         list(TAG_COLUMNS),
-        sa.select(pairs.c.id, PROFILE_TAG.c.source, PROFILE_TAG.c.key, PROFILE_TAG.c.value,
+        sa.select(pairs.c.key, PROFILE_TAG.c.source, PROFILE_TAG.c.key, PROFILE_TAG.c.value,
                   PROFILE_TAG.c.num, PROFILE_TAG.c.vkey)
-        .select_from(pairs.join(PROFILE_TAG, PROFILE_TAG.c.ref == pairs.c.ref)),
+        .select_from(pairs.join(PROFILE_TAG, PROFILE_TAG.c.ref == pairs.c.value)),
     )
     return devices, tags
 
@@ -361,7 +358,7 @@ PROFILE_DEVICES, PROFILE_TAGS = _profile_statements()
 class _SqlitePayload:
     profiles: str | None  # JSON arrays for the profile tables (new profiles only)
     profile_tags: str | None
-    pairs: str | None  # [[id, ref], ...] of the devices with a shared profile
+    pairs: str | None  # {id: ref, ...} of the devices with a shared profile
     devices: str | None  # plain device and tag rows of the devices with their own
     tags: str | None
     created_at: float
@@ -383,14 +380,14 @@ class SqliteProfileWriter(RowWriter):
     def encode(self, batch: DeviceBatch) -> EncodedBatch[_SqlitePayload]:
         """The batch as JSON parameters; runs in the prefetch thread."""
         dumps = orjson.dumps
-        pairs: list[tuple[str, int]] = []
+        pairs: dict[str, int] = {}
         own_devices: list[tuple[Any, ...]] = []
         own_tags: list[tuple[Any, ...]] = []
         now = batch.created_at
         for dev_id, p in zip(batch.ids, batch.profiles, strict=True):
-            if p.ref is not None:
-                pairs.append((dev_id, p.ref))
-            else:
+            if p.ref is not None and dev_id not in pairs:
+                pairs[dev_id] = p.ref
+            else:  # its own profile, or a duplicate id: the row insert raises on it
                 own_devices.append((dev_id, p.hardware_rev, p.firmware_version, p.fw_key,
                                     False, now))
                 own_tags.extend((dev_id, *t) for t in p.tags)

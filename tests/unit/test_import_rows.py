@@ -41,3 +41,13 @@ def test_batched_rows_equal_the_per_device_rows(devs: list[NewDevice], size: int
             key=lambda row: (row[1], row[2]),
         )
     assert [row for b in batches for row in b.tag_rows()] == expected
+
+
+def test_values_equal_in_python_keep_their_own_stored_form() -> None:
+    # 1 == 1.0 == True as dictionary keys; the caches must not hand one the other's row.
+    seq = [1, True, 1.0, 0, False]
+    assert [tag_tuples("d", SOURCE_REPORTED, {"x": v})[0][3] for v in seq] == \
+        ["1", "true", "1.0", "0", "false"]
+    devs = [NewDevice(f"d{i}", reported={"x": v}) for i, v in enumerate(seq)]
+    rows = [row for b in device_batches(devs, 2) for row in b.tag_rows()]
+    assert [row[3] for row in rows] == ["1", "true", "1.0", "0", "false"]
