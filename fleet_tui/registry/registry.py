@@ -6,8 +6,9 @@ parameters; bulk writes are batched (one ``executemany`` per table per batch).
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -95,6 +96,49 @@ class GroupNode:
 
 
 @dataclass(frozen=True, slots=True)
+class _PageGroups:
+    nodes: dict[str, GroupNode]  # the snapshot of group definitions this was built from
+    depth: dict[str, int]
+    matcher: GroupMatcher | None
+
+
+@dataclass(frozen=True, slots=True)
+class _PageLookups:
+    """A page's extras by device ids (one parameter ``ids``): the classic shadows, the
+    static groups, the tags."""
+
+    shadows: sa.Select[Any]
+    members: sa.Select[Any]
+    tags: sa.Select[Any]
+
+    @classmethod
+    def build(cls, dialect: str) -> _PageLookups:
+        def among(col: sa.Column[Any]) -> ColumnElement[bool]:
+            if dialect == "sqlite":
+                # A JSON array: one cached statement for any page size.
+                ids = sa.func.json_each(sa.bindparam("ids", type_=sa.String))
+                return col.in_(sa.select(ids.table_valued("value").c.value))
+            return col.in_(sa.bindparam("ids", expanding=True))
+
+        return cls(
+            shadows=sa.select(SHADOW.c.thing_id, SHADOW.c.document).where(
+                among(SHADOW.c.thing_id), SHADOW.c.name == ""),
+            members=sa.select(MEMBER.c.device_id, GROUP.c.name)
+            .join(GROUP, GROUP.c.id == MEMBER.c.group_id).where(among(MEMBER.c.device_id)),
+            tags=sa.select(TAG.c.device_id, TAG.c.source, TAG.c.key, TAG.c.value).where(
+                among(TAG.c.device_id)),
+        )
+
+
+def _json_document(text: str) -> Any:
+    """A stored JSON document as the JSON column type reads it (json.loads), faster."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what only json.loads reads: NaN, huge integers
+        return json.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseInfo:
     version: str
     url: str
@@ -130,8 +174,9 @@ class Registry:
         self._groups_loaded = 0.0
         self._known_keys: set[str] | None = None
         self._count_statements: dict[Any, sa.Select[Any]] = {}
-        self._matcher_cache: tuple[tuple[tuple[str, str], ...], GroupMatcher] | None = None
-        self._count_sql: dict[int, tuple[sa.Select[Any], str, list[Any]]] = {}
+        self._page_groups_cache: _PageGroups | None = None
+        self._count_sql: dict[int, tuple[Any, str, tuple[str, ...], dict[str, Any]]] = {}
+        self._page_lookups = _PageLookups.build(self.dialect)
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Registry:
@@ -412,57 +457,90 @@ class Registry:
         """A page of devices (ordered, with ``id`` as the tie-breaker)."""
         if order_by not in ORDER_COLUMNS:
             raise RegistryError(f"cannot sort by {order_by!r}: use one of {ORDER_COLUMNS}")
+        stmt = self._page_statement(group, where, order_by, descending, limit is not None)
+        params = {"page_offset": offset, "page_limit": limit}
+        nodes = self._load_groups()  # its own connection: before this one (SQLite :memory:)
+        if self.dialect == "sqlite":
+            rows, groups, in_sync = self._sqlite_page(stmt, params, nodes)
+        else:
+            with self.engine.connect() as conn:
+                def fetch(query: Any, values: Mapping[str, Any]) -> Sequence[Any]:
+                    return conn.execute(query, values).all()
+                rows = fetch(stmt, params)
+                groups, in_sync = self._page_extras(fetch, rows, nodes)
+        return [
+            DeviceRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], tuple(groups.get(r[0], ())),
+                      in_sync.get(r[0]))
+            for r in rows
+        ]
+
+    def _page_statement(self, group: str | None, where: str | None, order_by: str,
+                        descending: bool, limited: bool) -> sa.Select[Any]:
+        """The SELECT of a page of devices, offset and limit bound per call. Cached like the
+        count statements (a group's by the snapshot of group definitions it was built
+        from)."""
+        if group is not None:
+            self._load_groups()
+        key = ("page", group, group and self._groups_loaded, where, order_by, descending,
+               limited)
+        cached = self._count_statements.get(key)
+        if cached is not None:
+            return cached
         col = DEVICE.c.fw_key if order_by == "firmware_version" else DEVICE.c[order_by]
         order = [col.desc() if descending else col.asc()]
         if order_by != "id":
             order.append(DEVICE.c.id.desc() if descending else DEVICE.c.id.asc())
-        stmt = (
+        stmt: sa.Select[Any] = (
             sa.select(
                 DEVICE.c.id, DEVICE.c.hardware_rev, DEVICE.c.firmware_version, DEVICE.c.online,
                 DEVICE.c.last_seen, DEVICE.c.health,
             )
             .where(self.device_filter(group=group, where=where))
             .order_by(*order)
-            .offset(offset)
-            .limit(limit)
+            .offset(sa.bindparam("page_offset", type_=sa.Integer))
         )
-        nodes = self._load_groups()  # its own connection: before this one (SQLite :memory:)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-            ids = [r.id for r in rows]
-            groups, in_sync = self._page_extras(conn, ids, nodes)
-            return [
-                DeviceRow(r.id, r.hardware_rev, r.firmware_version, bool(r.online), r.last_seen,
-                          r.health, tuple(groups.get(r.id, ())), in_sync.get(r.id))
-                for r in rows
-            ]
+        if limited:
+            stmt = stmt.limit(sa.bindparam("page_limit", type_=sa.Integer))
+        self._cache_statement(key, stmt)
+        return stmt
 
-    def _group_matcher(self, dynamic: tuple[tuple[str, str], ...]) -> GroupMatcher:
-        """The dynamic groups' queries, ready to test a page of devices in memory: in SQL
-        each query's subquery ran over the whole fleet (100 ms a page at 100k devices);
-        in memory a page costs the same at any fleet size. Rebuilt when groups change."""
-        cached = self._matcher_cache
-        if cached is None or cached[0] != dynamic:
-            matcher = GroupMatcher([(name, q) for name, text in dynamic
-                                    if (q := _parsed_query(text)) is not None])
-            cached = self._matcher_cache = (dynamic, matcher)
-        return cached[1]
+    def _sqlite_page(self, stmt: sa.Select[Any], params: Mapping[str, Any],
+                     nodes: dict[str, GroupNode]
+                     ) -> tuple[Sequence[Any], dict[str, list[str]], dict[str, bool]]:
+        """A page and its extras on SQLite: the compiled statements on the pooled driver
+        connection, in one read transaction. SQLAlchemy's execution machinery around the
+        four statements cost more than SQLite's own work for them (a page at offset 250k
+        of 1M devices: 4.8 ms against 2.2 ms for the page's SELECT alone)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute("BEGIN")  # the page and its extras from one snapshot
+                try:
+                    def fetch(query: Any, values: Mapping[str, Any]) -> Sequence[Any]:
+                        sql, names, defaults = self._sqlite_sql(query)
+                        cursor.execute(sql, [values[n] if n in values else defaults[n]
+                                             for n in names])
+                        return cursor.fetchall()
+                    rows = fetch(stmt, params)
+                    groups, in_sync = self._page_extras(fetch, rows, nodes)
+                finally:
+                    cursor.execute("ROLLBACK")
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return rows, groups, in_sync
 
-    def _page_extras(self, conn: Connection, ids: list[str], nodes: dict[str, GroupNode]
-                     ) -> tuple[dict[str, list[str]], dict[str, bool]]:
-        """The groups and shadow convergence of one page of devices: a few indexed lookups
-        and the in-memory query evaluator over that page only, so a 100k-device table pays
-        for the rows it shows. A device's groups are its most specific ones (the deepest
-        static or dynamic groups it belongs to), by name."""
-        groups: dict[str, list[str]] = {}
-        in_sync: dict[str, bool] = {}
-        if not ids:
-            return groups, in_sync
-        shadows = sa.select(SHADOW.c.thing_id, SHADOW.c.document).where(
-            SHADOW.c.thing_id.in_(ids), SHADOW.c.name == "")
-        for thing, data in conn.execute(shadows):
-            if isinstance(data, dict) and data.get("exists", True):
-                in_sync[thing] = shadow_in_sync(data)
+    def _page_groups(self, nodes: dict[str, GroupNode]) -> _PageGroups:
+        """What a page needs to name its devices' groups, built once per snapshot of the
+        group definitions: the dynamic groups' queries, ready to test a page of devices in
+        memory (in SQL each query's subquery ran over the whole fleet: 100 ms a page at
+        100k devices; in memory a page costs the same at any fleet size), and each group's
+        depth in the tree."""
+        cached = self._page_groups_cache
+        if cached is not None and cached.nodes is nodes:
+            return cached
         by_id = {n.id: n for n in nodes.values()}
         depth: dict[str, int] = {}
         for node in nodes.values():
@@ -470,20 +548,48 @@ class Registry:
             while parent is not None and parent in by_id and d < len(nodes):
                 d, parent = d + 1, by_id[parent].parent_id
             depth[node.name] = d
+        dynamic = [(n.name, q) for n in nodes.values()
+                   if n.kind == "dynamic" and n.query and (q := _parsed_query(n.query))]
+        matcher = GroupMatcher(dynamic) if dynamic else None
+        self._page_groups_cache = _PageGroups(nodes, depth, matcher)
+        return self._page_groups_cache
+
+    def _page_extras(self, fetch: Callable[[Any, Mapping[str, Any]], Sequence[Any]],
+                     rows: Sequence[Any], nodes: dict[str, GroupNode]
+                     ) -> tuple[dict[str, list[str]], dict[str, bool]]:
+        """The groups and shadow convergence of one page of devices (rows of id,
+        hardware_rev, firmware_version, online, last_seen, health), read with ``fetch``:
+        three indexed lookups and the in-memory query evaluator over that page only, so a
+        1M-device table pays for the rows it shows. A device's groups are its most specific
+        ones (the deepest static or dynamic groups it belongs to), by name."""
+        groups: dict[str, list[str]] = {}
+        in_sync: dict[str, bool] = {}
+        if not rows:
+            return groups, in_sync
+        ids = [r[0] for r in rows]
+        # SQLite gets the ids as one JSON array (see _page_lookups), others a list.
+        page_ids = {"ids": orjson.dumps(ids).decode() if self.dialect == "sqlite" else ids}
+        lookups = self._page_lookups
+        for thing, data in fetch(lookups.shadows, page_ids):
+            if isinstance(data, str):  # the driver connection's raw JSON text
+                data = _json_document(data)
+            if isinstance(data, dict) and data.get("exists", True):
+                in_sync[thing] = shadow_in_sync(data)
+        page = self._page_groups(nodes)
         found: dict[str, list[str]] = {}
-        members = (sa.select(MEMBER.c.device_id, GROUP.c.name)
-                   .join(GROUP, GROUP.c.id == MEMBER.c.group_id)
-                   .where(MEMBER.c.device_id.in_(ids)))
-        for device_id, name in conn.execute(members):
+        for device_id, name in fetch(lookups.members, page_ids):
             found.setdefault(device_id, []).append(name)
-        dynamic = tuple((n.name, n.query) for n in nodes.values()
-                        if n.kind == "dynamic" and n.query and _parsed_query(n.query))
-        if dynamic:
-            matcher = self._group_matcher(dynamic)
-            for record in self._device_records(conn, ids):
-                names = matcher.matching(record)
+        if page.matcher is not None:
+            # The page's rows are its devices' records but for their tags.
+            records = {r[0]: DeviceRecord(r[0], r[2], r[1], bool(r[3]), r[5]) for r in rows}
+            for device_id, source, key, value in fetch(lookups.tags, page_ids):
+                rec = records[device_id]
+                (rec.tags if source == SOURCE_OPERATOR else rec.reported)[key] = value
+            for record in records.values():
+                names = page.matcher.matching(record)
                 if names:
                     found.setdefault(record.id, []).extend(names)
+        depth = page.depth
         for device_id, names in found.items():
             deepest = max(depth.get(n, 0) for n in names)
             groups[device_id] = sorted(n for n in names if depth.get(n, 0) == deepest)
@@ -540,18 +646,12 @@ class Registry:
         if self.dialect != "sqlite":
             with self.engine.connect() as conn:
                 return int(conn.execute(stmt).scalar_one())
-        compiled = self._count_sql.get(id(stmt))
-        if compiled is None or compiled[0] is not stmt:
-            sql = stmt.compile(dialect=self.engine.dialect,
-                               compile_kwargs={"render_postcompile": True})
-            params = [sql.params[name] for name in sql.positiontup or ()]
-            compiled = (stmt, str(sql), params)
-            self._count_sql[id(stmt)] = compiled
+        sql, names, defaults = self._sqlite_sql(stmt)
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
-                cursor.execute(compiled[1], compiled[2])
+                cursor.execute(sql, [defaults[n] for n in names])
                 row = cursor.fetchone()
                 assert row is not None  # count(*) always returns one row
                 return int(row[0])
@@ -559,6 +659,17 @@ class Registry:
                 cursor.close()
         finally:
             raw.close()
+
+    def _sqlite_sql(self, stmt: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """A cached statement's SQLite SQL, its parameter names in order and their compiled
+        values (the statement's own literals), compiled once."""
+        compiled = self._count_sql.get(id(stmt))
+        if compiled is None or compiled[0] is not stmt:
+            sql = stmt.compile(dialect=self.engine.dialect,
+                               compile_kwargs={"render_postcompile": True})
+            compiled = (stmt, str(sql), tuple(sql.positiontup or ()), dict(sql.params))
+            self._count_sql[id(stmt)] = compiled
+        return compiled[1], compiled[2], compiled[3]
 
     def device_ids(self, *, group: str | None = None, where: str | None = None) -> list[str]:
         stmt = (

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fleet_tui.registry import migrate
 from fleet_tui.registry.errors import Conflict, FleetImportError, NotFound, RegistryError
 from fleet_tui.registry.importer import import_fleet
-from fleet_tui.registry.registry import NewDevice, Registry
+from fleet_tui.registry.registry import GroupNode, NewDevice, Registry
 from tests.conftest import SAMPLE_DATA
 
 
@@ -209,6 +209,43 @@ def test_a_page_of_devices_carries_their_most_specific_groups_and_sync_state(
     # Equal depth: every one of them, by name.
     registry.create_group("zz-more", query='tag.line = "l0"', parent="site")
     assert registry.list_devices(limit=1)[0].groups == ("line-0", "zz-more")
+
+
+def test_page_groups_agree_with_sql_group_membership(sample_registry: Registry) -> None:
+    # The page's groups come from the in-memory query evaluator over the page's rows;
+    # SQL membership of each group is the reference.
+    reg = sample_registry
+    nodes = [n for root in reg.group_tree() for n in _walk_tree(root)]
+    depth = {n.name: _depth(n, {m.id: m for m in nodes}) for n in nodes}
+    direct: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.kind == "folder":
+            continue
+        members = (reg.device_ids(where=node.query) if node.kind == "dynamic"
+                   else reg.device_ids(group=node.name))  # the static ones have no subgroups
+        for device_id in members:
+            direct.setdefault(device_id, []).append(node.name)
+    expected = {}
+    for device_id, names in direct.items():
+        deepest = max(depth[n] for n in names)
+        expected[device_id] = tuple(sorted(n for n in names if depth[n] == deepest))
+    pages = [reg.list_devices(limit=None),
+             reg.list_devices(offset=500, limit=100, order_by="firmware_version",
+                              descending=True),
+             reg.list_devices(where='location = "factory-A"', offset=3, limit=40),
+             reg.list_devices(group="eu-central", offset=10, limit=25)]
+    assert len(pages[0]) == 2000 and [len(p) for p in pages[1:]] == [100, 40, 25]
+    for page in pages:
+        for row in page:
+            assert row.groups == expected.get(row.id, ()), row.id
+
+
+def _walk_tree(node: GroupNode) -> list[GroupNode]:
+    return [node, *(n for child in node.children for n in _walk_tree(child))]
+
+
+def _depth(node: GroupNode, by_id: dict[int, GroupNode]) -> int:
+    return 0 if node.parent_id is None else 1 + _depth(by_id[node.parent_id], by_id)
 
 
 def test_reported_state_mirrors_into_queryable_attributes(registry: Registry) -> None:
