@@ -617,7 +617,7 @@ class SqlTarget:
     """
 
     device: sa.Table
-    tag: sa.Table
+    tag: sa.FromClause  # the table, or an alias of it (see _driven_by_tag)
     dialect: str = "sqlite"
 
 
@@ -775,6 +775,10 @@ def compile_ids(node: Node, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSe
     leaf = _tag_leaf_select(node, target)
     if leaf is not None:
         return leaf
+    if isinstance(node, And):
+        driven = _driven_by_tag(node, target)
+        if driven is not None:
+            return driven
     if isinstance(node, Or):
         # Flatten nested ors first: SQLite cannot nest a UNION inside a UNION.
         items = merge_equalities(list(_alternatives(node)))
@@ -782,6 +786,31 @@ def compile_ids(node: Node, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSe
             return compile_ids(items[0], target)
         return sa.union(*(compile_ids(item, target) for item in items))
     return sa.select(target.device.c.id).where(compile_sql(node, target))
+
+
+def _driven_by_tag(node: And, target: SqlTarget) -> sa.Select[Any] | None:
+    """An ``and`` with a positive tag condition, as that condition's tag-index range
+    joined to the device rows that the other conditions test.
+
+    ``device.id IN (tag subquery) AND ...`` made SQLite first copy the whole id set into a
+    temporary index (111k ids for ``location = "factory-A"`` on 1M devices: a quarter of
+    the count's time); the join reads the index range in place. A device has at most one
+    tag row per (source, key), so the join yields each device once. The first such
+    condition drives (the query's author knows the fleet better than a guess would).
+    """
+    for i, item in enumerate(node.items):
+        driver = SqlTarget(target.device, target.tag.alias("driver"), target.dialect)
+        leaf = _tag_leaf_select(item, driver)
+        if leaf is None:
+            continue
+        rest = node.items[:i] + node.items[i + 1:]
+        dev = target.device
+        return (
+            leaf.with_only_columns(dev.c.id)
+            .join_from(driver.tag, dev, dev.c.id == driver.tag.c.device_id)
+            .where(compile_sql(And(rest) if len(rest) > 1 else rest[0], target))
+        )
+    return None
 
 
 # -------------------------------------------------------------------- the facade
