@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -240,8 +240,13 @@ class Registry:
                     ) from None
                 writer.write_tags(conn, encoded)
                 count += len(encoded.ids)
-        finally:
-            writer.close(conn)
+        except BaseException:
+            # The transaction is rolled back (its temporary tables with it); an error from
+            # the clean-up must not hide the one that stopped the import.
+            with suppress(Exception):
+                writer.close(conn)
+            raise
+        writer.close(conn)
         if rebuild:
             for index in (*DEVICE.indexes, *TAG.indexes):
                 index.create(conn)
