@@ -275,7 +275,7 @@ def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
     migrate.upgrade(reg.engine)  # a second run is a no-op
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
-    assert version == migrate.head() == "0005"  # bump with each new migration
+    assert version == migrate.head() == "0006"  # bump with each new migration
     reg.close()
 
 
