@@ -209,10 +209,9 @@ class Registry:
                     yield conn
             finally:
                 raw.execute("PRAGMA foreign_keys=ON")
-                # The import filled this connection's page cache with the pages it wrote,
-                # which then sit scattered in memory: reads on it ran 1.2-1.9x slower (a
-                # page of the device table at offset 250k of 1M: 5 ms against 2.9 ms)
-                # until the cache was released.
+                # The import filled this connection's page cache with the pages it wrote;
+                # deep reads on it ran up to 1.9x slower than on a fresh connection (a
+                # page at offset 250k of 1M devices) until the cache was released.
                 raw.execute("PRAGMA shrink_memory")
 
     # ------------------------------------------------------------------ devices
