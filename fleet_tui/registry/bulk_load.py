@@ -172,7 +172,7 @@ class DeviceProfiles:
 
     def __init__(self) -> None:
         self._by_key: dict[bytes, DeviceProfile] = {}
-        self._tags: dict[tuple[str, str, Any], TagRow | None] = {}
+        self._tags: dict[tuple[str, str, type, Any], TagRow | None] = {}
         self._fw_key = lru_cache(maxsize=4096)(version_key)
         self.seen = 0
 
@@ -207,9 +207,9 @@ class DeviceProfiles:
             # typed key (see stored_tag): the value's class is part of it
             ck = (source, key, raw.__class__, raw)
             try:
-                hit = cache[ck]  # type: ignore[index]
+                hit = cache[ck]
             except KeyError:
-                hit = cache[ck] = stored_tag(source, key, raw)  # type: ignore[index]
+                hit = cache[ck] = stored_tag(source, key, raw)
             except TypeError:  # unhashable (objects, arrays): not an attribute
                 continue
             if hit is not None:

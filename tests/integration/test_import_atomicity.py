@@ -59,6 +59,14 @@ def test_an_import_failing_after_many_batches_keeps_nothing(seeded: Registry) ->
     assert seeded.count_devices(group="l1") == 10 + 167
 
 
+def test_a_batch_naming_a_device_twice_is_refused_and_keeps_nothing(seeded: Registry) -> None:
+    before = _state(seeded)
+    twice = [*_fleet("new", 60), NewDevice("new-000042", "rev-a")]  # in the same batch
+    with pytest.raises(Conflict, match="'new-000042' already exists"):
+        seeded.add_devices(twice, batch=100)
+    assert _state(seeded) == before
+
+
 def test_an_import_whose_reader_raises_midway_keeps_nothing(seeded: Registry) -> None:
     before = _state(seeded)
 

@@ -211,6 +211,35 @@ def test_a_page_of_devices_carries_their_most_specific_groups_and_sync_state(
     assert registry.list_devices(limit=1)[0].groups == ("line-0", "zz-more")
 
 
+def test_imported_rows_are_the_per_device_rows_shared_profile_or_not(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet_tui.domain.query import reported_attributes
+    from fleet_tui.registry.bulk_load import DeviceProfiles, tag_tuples
+
+    # A few shared profiles, then devices each with their own (a serial number): both
+    # kinds in the same batches, on the profile tables' path and the plain rows' path.
+    monkeypatch.setattr(DeviceProfiles, "MIN_SHARED", 3)
+    devs = [NewDevice(f"d{i:03d}", f"rev-{i % 2}", ["2.0.1", "2.10.0", None][i % 3],
+                      {"ring": "canary" if i % 4 else "early"},
+                      {"tags": {"location": f"f{i % 2}"}, "n": i % 3, "ok": i % 2 == 0,
+                       "serial": f"s{i}" if i >= 40 else "none", "nested": {"x": 1}})
+            for i in range(120)]
+    assert registry.add_devices(devs, batch=25) == 120
+    expected = sorted(row for d in devs for row in
+                      tag_tuples(d.id, "o", d.tags)
+                      + tag_tuples(d.id, "r", reported_attributes(d.reported)))
+    with registry.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT device_id, source, key, value, num, vkey "
+                                      "FROM tag ORDER BY device_id, source, key")).all()
+        devices = conn.execute(sa.text("SELECT id, hardware_rev, firmware_version, fw_key "
+                                       "FROM device ORDER BY id")).all()
+    assert [tuple(r) for r in stored] == expected
+    assert [(r[0], r[1], r[2]) for r in devices] == [
+        (d.id, d.hardware_rev, d.firmware_version) for d in devs]
+    assert registry.count_devices(where="firmware_version >= 2.9.0") == 40
+    assert registry.count_devices(where='serial = "s77" and ok = false') == 1
+
+
 def test_page_groups_agree_with_sql_group_membership(sample_registry: Registry) -> None:
     # The page's groups come from the in-memory query evaluator over the page's rows;
     # SQL membership of each group is the reference.

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_tui.domain.query import reported_attributes
-from fleet_tui.registry.bulk_load import NewDevice, device_batches, tag_tuples
+from fleet_tui.registry.bulk_load import DeviceProfiles, NewDevice, device_batches, tag_tuples
 from fleet_tui.registry.models import SOURCE_OPERATOR, SOURCE_REPORTED
 
 keys = st.sampled_from(["region", "site", "fw_version", "app_version", "n", "x.y", "tags"])
@@ -26,10 +26,15 @@ devices = st.lists(st.builds(
 ), max_size=30, unique_by=lambda d: d.id)
 
 
+class FewShared(DeviceProfiles):
+    MIN_SHARED = 2  # the rest of a small fleet goes the unshared way
+
+
 @settings(max_examples=200, deadline=None)
-@given(devices, st.integers(1, 7))
-def test_batched_rows_equal_the_per_device_rows(devs: list[NewDevice], size: int) -> None:
-    batches = list(device_batches(devs, size))
+@given(devices, st.integers(1, 7), st.booleans())
+def test_batched_rows_equal_the_per_device_rows(devs: list[NewDevice], size: int,
+                                                few_shared: bool) -> None:
+    batches = list(device_batches(devs, size, FewShared() if few_shared else None))
     assert [row[0] for b in batches for row in b.device_rows()] == [d.id for d in devs]
     assert all(len(b.ids) <= size for b in batches)
     expected = []
