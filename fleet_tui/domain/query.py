@@ -498,6 +498,113 @@ def _check_glob(node: Glob) -> None:
         raise QuerySyntaxError(node.field.col, "online cannot be matched with '~'")
 
 
+# A compiled predicate takes the record and its queryable reported attributes (see
+# reported_attributes), which the caller computes once for all the queries it tests.
+Predicate = Callable[[DeviceRecord, Mapping[str, Any]], bool]
+_Found = Union[tuple[str, Union[float, None]], None]  # noqa: UP007 - used at runtime
+
+
+@lru_cache(maxsize=65536, typed=True)
+def _stored_value(value: Any) -> tuple[str, float | None] | None:
+    return attribute_value(value)
+
+
+def _stored(value: Any) -> tuple[str, float | None] | None:
+    try:
+        return _stored_value(value)
+    except TypeError:  # unhashable (objects, arrays): never an attribute
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _version_key_of(text: str) -> str | None:
+    try:
+        return parse_version(text).key
+    except VersionError:
+        return None
+
+
+def _lookup_fn(ref: FieldRef) -> Callable[[DeviceRecord, Mapping[str, Any]], _Found]:
+    """:func:`_lookup` for one field, decided once: (text, number) or None."""
+    name = ref.name
+    if ref.kind == "column":
+        if name == "online":
+            return lambda rec, _: ("true" if rec.online else "false", None)
+
+        def column(rec: DeviceRecord, _: Mapping[str, Any]) -> _Found:
+            raw = getattr(rec, name)
+            return None if raw is None else (str(raw), None)
+        return column
+    if ref.kind == "tag":
+        def tag(rec: DeviceRecord, _: Mapping[str, Any]) -> _Found:
+            tags = rec.tags
+            return _stored(tags[name]) if name in tags else None
+        return tag
+
+    def reported(_: DeviceRecord, attrs: Mapping[str, Any]) -> _Found:
+        return _stored(attrs[name]) if name in attrs else None
+    return reported
+
+
+def _compile_compare(ref: FieldRef, op: str, value: Value) -> Predicate:
+    plan = _plan(ref, op, value)
+    negate = op == "!="
+    operand = plan.operand
+    if plan.target == "bool":
+        return lambda rec, _: (bool(rec.online) == operand) != negate
+    look = _lookup_fn(ref)
+    test = _PY_OPS[plan.op]
+    if plan.target == "text":
+        def text(rec: DeviceRecord, attrs: Mapping[str, Any]) -> bool:
+            found = look(rec, attrs)
+            return (found is not None and test(found[0], operand)) != negate
+        return text
+    if plan.target == "num":
+        def num(rec: DeviceRecord, attrs: Mapping[str, Any]) -> bool:
+            found = look(rec, attrs)
+            return (found is not None and found[1] is not None
+                    and test(found[1], operand)) != negate
+        return num
+
+    def vkey(rec: DeviceRecord, attrs: Mapping[str, Any]) -> bool:
+        found = look(rec, attrs)
+        key = None if found is None else _version_key_of(found[0])
+        return (key is not None and test(key, operand)) != negate
+    return vkey
+
+
+def compile_predicate(node: Node) -> Predicate:
+    """``node`` as a Python function of (record, reported_attributes(record.reported)),
+    with each comparison planned once: the same answers as :func:`evaluate`, for testing
+    one query against many devices (a page of the device table)."""
+    if isinstance(node, (And, Or)):
+        parts = [compile_predicate(n) for n in node.items]
+        if isinstance(node, And):
+            return lambda rec, attrs: all(p(rec, attrs) for p in parts)
+        return lambda rec, attrs: any(p(rec, attrs) for p in parts)
+    if isinstance(node, Not):
+        inner = compile_predicate(node.item)
+        return lambda rec, attrs: not inner(rec, attrs)
+    if isinstance(node, Compare):
+        return _compile_compare(node.field, node.op, node.value)
+    if isinstance(node, In):
+        options = [_compile_compare(node.field, "=", v) for v in node.values]
+        return lambda rec, attrs: any(p(rec, attrs) for p in options)
+    if isinstance(node, Glob):
+        _check_glob(node)
+        look = _lookup_fn(node.field)
+        pattern = glob_to_regex(node.pattern.text)
+
+        def glob(rec: DeviceRecord, attrs: Mapping[str, Any]) -> bool:
+            found = look(rec, attrs)
+            return found is not None and pattern.fullmatch(found[0]) is not None
+        return glob
+    if isinstance(node, Has):
+        look = _lookup_fn(node.field)
+        return lambda rec, attrs: look(rec, attrs) is not None
+    raise TypeError(f"not a query node: {node!r}")
+
+
 # ------------------------------------------------------------------ SQL back end
 
 
@@ -510,7 +617,7 @@ class SqlTarget:
     """
 
     device: sa.Table
-    tag: sa.Table
+    tag: sa.FromClause  # the table, or an alias of it (see _driven_by_tag)
     dialect: str = "sqlite"
 
 
@@ -668,6 +775,10 @@ def compile_ids(node: Node, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSe
     leaf = _tag_leaf_select(node, target)
     if leaf is not None:
         return leaf
+    if isinstance(node, And):
+        driven = _driven_by_tag(node, target)
+        if driven is not None:
+            return driven
     if isinstance(node, Or):
         # Flatten nested ors first: SQLite cannot nest a UNION inside a UNION.
         items = merge_equalities(list(_alternatives(node)))
@@ -675,6 +786,31 @@ def compile_ids(node: Node, target: SqlTarget) -> sa.Select[Any] | sa.CompoundSe
             return compile_ids(items[0], target)
         return sa.union(*(compile_ids(item, target) for item in items))
     return sa.select(target.device.c.id).where(compile_sql(node, target))
+
+
+def _driven_by_tag(node: And, target: SqlTarget) -> sa.Select[Any] | None:
+    """An ``and`` with a positive tag condition, as that condition's tag-index range
+    joined to the device rows that the other conditions test.
+
+    ``device.id IN (tag subquery) AND ...`` made SQLite first copy the whole id set into a
+    temporary index (111k ids for ``location = "factory-A"`` on 1M devices: a quarter of
+    the count's time); the join reads the index range in place. A device has at most one
+    tag row per (source, key), so the join yields each device once. The first such
+    condition drives (the query's author knows the fleet better than a guess would).
+    """
+    for i, item in enumerate(node.items):
+        driver = SqlTarget(target.device, target.tag.alias("driver"), target.dialect)
+        leaf = _tag_leaf_select(item, driver)
+        if leaf is None:
+            continue
+        rest = node.items[:i] + node.items[i + 1:]
+        dev = target.device
+        return (
+            leaf.with_only_columns(dev.c.id)
+            .join_from(driver.tag, dev, dev.c.id == driver.tag.c.device_id)
+            .where(compile_sql(And(rest) if len(rest) > 1 else rest[0], target))
+        )
+    return None
 
 
 # -------------------------------------------------------------------- the facade
@@ -760,22 +896,26 @@ class GroupMatcher:
     def __init__(self, queries: Sequence[tuple[str, GroupQuery]]) -> None:
         self.names = [name for name, _ in queries]
         self._by_tag: dict[tuple[str, str], list[int]] = {}
-        self._general: list[tuple[int, GroupQuery]] = []
+        self._general: list[tuple[int, Predicate]] = []
         for i, (_, query) in enumerate(queries):
             node = query.ast
             if (isinstance(node, Compare) and node.op == "=" and node.field.kind == "tag"
                     and (plan := _plan(node.field, "=", node.value)).target == "text"):
                 self._by_tag.setdefault((node.field.name, plan.operand), []).append(i)
             else:
-                self._general.append((i, query))
+                self._general.append((i, compile_predicate(node)))
 
     def matching(self, record: DeviceRecord) -> list[str]:
         """Names of the groups whose query ``record`` matches, in the order given."""
         hits: list[int] = []
         if self._by_tag:
+            by_tag = self._by_tag
             for key, raw in record.tags.items():
-                stored = attribute_value(raw)
-                if stored is not None:
-                    hits += self._by_tag.get((key, stored[0]), ())
-        hits += [i for i, query in self._general if query.matches(record)]
+                # A tag's stored text is the string itself (the registry's tags are text).
+                text = raw if raw.__class__ is str else (_stored(raw) or (None,))[0]
+                if text is not None:
+                    hits += by_tag.get((key, text), ())
+        if self._general:
+            attrs = reported_attributes(record.reported)
+            hits += [i for i, matches in self._general if matches(record, attrs)]
         return [self.names[i] for i in sorted(hits)]

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fleet_tui.registry import migrate
 from fleet_tui.registry.errors import Conflict, FleetImportError, NotFound, RegistryError
 from fleet_tui.registry.importer import import_fleet
-from fleet_tui.registry.registry import NewDevice, Registry
+from fleet_tui.registry.registry import GroupNode, NewDevice, Registry
 from tests.conftest import SAMPLE_DATA
 
 
@@ -211,6 +211,72 @@ def test_a_page_of_devices_carries_their_most_specific_groups_and_sync_state(
     assert registry.list_devices(limit=1)[0].groups == ("line-0", "zz-more")
 
 
+def test_imported_rows_are_the_per_device_rows_shared_profile_or_not(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet_tui.domain.query import reported_attributes
+    from fleet_tui.registry.bulk_load import DeviceProfiles, tag_tuples
+
+    # A few shared profiles, then devices each with their own (a serial number): both
+    # kinds in the same batches, on the profile tables' path and the plain rows' path.
+    monkeypatch.setattr(DeviceProfiles, "MIN_SHARED", 3)
+    devs = [NewDevice(f"d{i:03d}", f"rev-{i % 2}", ["2.0.1", "2.10.0", None][i % 3],
+                      {"ring": "canary" if i % 4 else "early"},
+                      {"tags": {"location": f"f{i % 2}"}, "n": i % 3, "ok": i % 2 == 0,
+                       "serial": f"s{i}" if i >= 40 else "none", "nested": {"x": 1}})
+            for i in range(120)]
+    assert registry.add_devices(devs, batch=25) == 120
+    expected = sorted(row for d in devs for row in
+                      tag_tuples(d.id, "o", d.tags)
+                      + tag_tuples(d.id, "r", reported_attributes(d.reported)))
+    with registry.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT device_id, source, key, value, num, vkey "
+                                      "FROM tag ORDER BY device_id, source, key")).all()
+        devices = conn.execute(sa.text("SELECT id, hardware_rev, firmware_version, fw_key "
+                                       "FROM device ORDER BY id")).all()
+    assert [tuple(r) for r in stored] == expected
+    assert [(r[0], r[1], r[2]) for r in devices] == [
+        (d.id, d.hardware_rev, d.firmware_version) for d in devs]
+    assert registry.count_devices(where="firmware_version >= 2.9.0") == 40
+    assert registry.count_devices(where='serial = "s77" and ok = false') == 1
+
+
+def test_page_groups_agree_with_sql_group_membership(sample_registry: Registry) -> None:
+    # The page's groups come from the in-memory query evaluator over the page's rows;
+    # SQL membership of each group is the reference.
+    reg = sample_registry
+    nodes = [n for root in reg.group_tree() for n in _walk_tree(root)]
+    depth = {n.name: _depth(n, {m.id: m for m in nodes}) for n in nodes}
+    direct: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.kind == "folder":
+            continue
+        members = (reg.device_ids(where=node.query) if node.kind == "dynamic"
+                   else reg.device_ids(group=node.name))  # the static ones have no subgroups
+        for device_id in members:
+            direct.setdefault(device_id, []).append(node.name)
+    expected = {}
+    for device_id, names in direct.items():
+        deepest = max(depth[n] for n in names)
+        expected[device_id] = tuple(sorted(n for n in names if depth[n] == deepest))
+    pages = [reg.list_devices(limit=None),
+             reg.list_devices(offset=500, limit=100, order_by="firmware_version",
+                              descending=True),
+             reg.list_devices(where='location = "factory-A"', offset=3, limit=40),
+             reg.list_devices(group="eu-central", offset=10, limit=25)]
+    assert len(pages[0]) == 2000 and [len(p) for p in pages[1:]] == [100, 40, 25]
+    for page in pages:
+        for row in page:
+            assert row.groups == expected.get(row.id, ()), row.id
+
+
+def _walk_tree(node: GroupNode) -> list[GroupNode]:
+    return [node, *(n for child in node.children for n in _walk_tree(child))]
+
+
+def _depth(node: GroupNode, by_id: dict[int, GroupNode]) -> int:
+    return 0 if node.parent_id is None else 1 + _depth(by_id[node.parent_id], by_id)
+
+
 def test_reported_state_mirrors_into_queryable_attributes(registry: Registry) -> None:
     registry.add_devices([NewDevice("d1", "rev-a", "2.0.4")])
     registry.apply_reported({"d1": {"firmware_version": "2.10.0", "led_is_on": True,
@@ -238,7 +304,7 @@ def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
     migrate.upgrade(reg.engine)  # a second run is a no-op
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
-    assert version == migrate.head() == "0005"  # bump with each new migration
+    assert version == migrate.head() == "0006"  # bump with each new migration
     reg.close()
 
 
