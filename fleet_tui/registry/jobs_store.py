@@ -220,7 +220,7 @@ class JobStore:
         if start:
             values.update(status=IN_PROGRESS, started_at=now,
                           version_number=EXECUTION.c.version_number + 1)
-        if allow is None:
+        if allow is None and conn.dialect.update_returning:
             # One statement picks, marks and returns them (SQLite >= 3.35, PostgreSQL): no
             # id lists bound back and forth, a third of a 100k fan-out's release time.
             next_n = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(
@@ -229,7 +229,10 @@ class JobStore:
                 *waiting, EXECUTION.c.device_id.in_(next_n)).values(**values)
                 .returning(*EXECUTION.c))
             return sorted((_execution(r) for r in marked), key=lambda e: e.seq)
-        rows = [d for d in conn.execute(pending).scalars() if allow(d)][:n]
+        if allow is None:  # an SQLite older than 3.35: no UPDATE ... RETURNING
+            rows = list(conn.execute(pending.limit(n)).scalars())
+        else:
+            rows = [d for d in conn.execute(pending).scalars() if allow(d)][:n]
         if not rows:
             return []
         for chunk in _chunks(list(rows)):

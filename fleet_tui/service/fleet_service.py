@@ -128,8 +128,12 @@ class FleetService:
         state = await asyncio.to_thread(self.registry.presence_state)
         self.presence.restore(state, self.clock())
         log.info("loaded %d shadows, %d devices online", loaded, len(state))
+        # The connection outlives the other tasks: their last flushes still publish what
+        # they committed (while stopping, nothing waits for a reconnection).
+        session_stop = asyncio.Event()
+        self.session.draining = stop
+        mqtt_task = asyncio.create_task(self.session.run(session_stop), name="mqtt")
         tasks = [
-            asyncio.create_task(self.session.run(stop), name="mqtt"),
             asyncio.create_task(self.shadows.run(self.session.publish_many, stop), name="shadows"),
             asyncio.create_task(self._ingest_loop(stop), name="ingest"),
         ]
@@ -140,15 +144,21 @@ class FleetService:
             tasks.append(asyncio.create_task(self.partitions.run(stop), name="partitions"))
         self.ready.set()
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            pending = {*tasks, mqtt_task}
+            while pending - {mqtt_task}:  # until the others end (stop) or one fails
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
         finally:
             stop.set()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(task, 10)
+            session_stop.set()
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(mqtt_task, 10)
             if self.partitions is not None:  # after the last shadow flush
                 await self.partitions.release()
             await asyncio.to_thread(self._flush_ingest, True)

@@ -61,6 +61,14 @@ REDRIVE_MAX = 3  # desired OTA writes again per execution (settings.jobs.redrive
 REDRIVE_PER_TICK = 5000  # watched executions one tick looks at for a redrive
 
 
+def _desired_target(documents: dict[str, Any]) -> object:
+    """The desired OTA target in an update/documents payload's current document."""
+    current = documents.get("current")
+    state = current.get("state") if isinstance(current, dict) else None
+    desired = state.get("desired") if isinstance(state, dict) else None
+    return desired.get("target_version") if isinstance(desired, dict) else None
+
+
 def same_version(a: object, b: object) -> bool:
     if not isinstance(a, str) or not isinstance(b, str):
         return False
@@ -154,9 +162,11 @@ class JobsEngine:
         if isinstance(event, (ShadowChanged, PresenceChanged, TelemetryReceived)) \
                 and event.thing in self.watch:
             self.dirty.add(event.thing)
-            w = self.watch[event.thing]
-            if isinstance(event, ShadowChanged) and w.published_at is None:
-                w.published_at = self.clock()
+            # (the tick's thread may drop the watch meanwhile: .get, not [])
+            w = self.watch.get(event.thing)
+            if w is not None and w.published_at is None and isinstance(event, ShadowChanged) \
+                    and same_version(_desired_target(event.documents), w.target):
+                w.published_at = self.clock()  # its delta (the write's answers) is out
 
     def handle(self, topic: JobsTopic, payload: bytes) -> None:
         """A device's jobs request; answered after the batch it joins has committed."""
@@ -173,30 +183,34 @@ class JobsEngine:
         # Stopping wakes the loop too: it may be waiting a quarter of a long tick.
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wakeup.set())
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.tick_s / 4)
-            self._wakeup.clear()
-            await asyncio.sleep(0.01)  # gather a batch of requests
-            now = self.clock()
-            try:
-                if now - last_lease >= self.settings.jobs.lease_ttl_s / 3:
-                    if await self._renew_lease(now):
-                        await publish(await asyncio.to_thread(self.renotify, now))
-                    last_lease = now
-                if self.requests:
-                    batch, self.requests = self.requests, []
-                    if self.is_leader:
-                        out = await asyncio.to_thread(self.serve_requests, batch, now)
-                        await publish(out)
-                if self.is_leader and (more or now - last_tick >= self.tick_s):
-                    last_tick = now
-                    more = (await self.tick_and_publish(publish, now)).more
-                    if more:
-                        self._wakeup.set()
-            except Exception:
-                log.exception("job engine step failed; retrying")
-        stopping.cancel()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.tick_s / 4)
+                self._wakeup.clear()
+                if stop.is_set():
+                    break
+                await asyncio.sleep(0.01)  # gather a batch of requests
+                now = self.clock()
+                try:
+                    if now - last_lease >= self.settings.jobs.lease_ttl_s / 3:
+                        if await self._renew_lease(now):
+                            await publish(await asyncio.to_thread(self.renotify, now))
+                        last_lease = now
+                    if self.requests:
+                        batch, self.requests = self.requests, []
+                        if self.is_leader:
+                            out = await asyncio.to_thread(self.serve_requests, batch, now)
+                            await publish(out)
+                    if self.is_leader and (more or now - last_tick >= self.tick_s):
+                        last_tick = now
+                        more = (await self.tick_and_publish(publish, now)).more
+                        if more:
+                            self._wakeup.set()
+                except Exception:
+                    log.exception("job engine step failed; retrying")
+        finally:
+            stopping.cancel()
         if self.is_leader:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registry.leases.release, LEASE, self.holder)
@@ -258,7 +272,8 @@ class JobsEngine:
                 for e in self.registry.jobs.executions(job.id, status=[IN_PROGRESS], conn=conn):
                     self.watch[e.device_id] = Watch(job.id, self._target_of(job, e),
                                                     e.started_at or now, soak)
-                    self._redrive_due.append((now, e.device_id))
+                    if self.settings.jobs.redrive_s > 0:
+                        self._redrive_due.append((now, e.device_id))
         heapq.heapify(self._redrive_due)
         self.dirty.update(self.watch)
         return len(self.watch)
@@ -448,9 +463,14 @@ class JobsEngine:
                 again.append((now + 2 * every, thing))
                 continue
             if stored and self.shadows.owns(thing):
-                # Ours to publish: silence counts once its delta is out (until then a
-                # second write would only queue behind the first).
-                age = now - w.published_at if w.published_at is not None else 0.0
+                # Ours to publish: silence counts once its delta is out; while the shadow
+                # service still has answers to send, a second write would only queue behind
+                # the first. Unpublished with nothing queued (a forwarded write whose owner
+                # died before publishing, and whose partition is ours now): from the write.
+                if w.published_at is not None:
+                    age = now - w.published_at
+                elif self.shadows.busy:
+                    age = 0.0
             if stored and (age < 2 * every or not self.presence.online.get(thing)):
                 # An offline device reads the stored state when it connects.
                 again.append((now + max(2 * every - age, every / 2), thing))
@@ -534,8 +554,9 @@ class JobsEngine:
                     target = self._target_of(job, e)
                     self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s,
                                                     driven_at=now)
-                    heapq.heappush(self._redrive_due,
-                                   (now + self.settings.jobs.redrive_s, e.device_id))
+                    if self.settings.jobs.redrive_s > 0:
+                        heapq.heappush(self._redrive_due,
+                                       (now + self.settings.jobs.redrive_s, e.device_id))
                     if target not in desired:
                         desired[target] = self._desired_for(target)
                     result.desired[e.device_id] = desired[target]

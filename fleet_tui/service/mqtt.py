@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -26,7 +27,8 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class MqttSession:
-    """Run with ``await session.run(stop)``; ``publish_many`` while connected."""
+    """Run with ``await session.run(stop)``; ``publish_many`` at any time (it waits for a
+    connection, within limits)."""
 
     def __init__(
         self,
@@ -65,9 +67,12 @@ class MqttSession:
         self.connected = asyncio.Event()
         # publish_many's pacing and patience (see there).
         self.max_unwritten = 4096
-        self.max_unacked = 30_000
+        self.max_unacked = 30_000  # message ids, of 65,535
         self.reconnect_wait_s = 30.0
         self._stop: asyncio.Event | None = None
+        # Set by the owner when it winds down: publishes still go out while connected,
+        # but nothing waits for a reconnection any more.
+        self.draining: asyncio.Event | None = None
         self.connections = 0
         # MQTT 3.1.1 unless asked for 5: nothing here needs v5 properties, and paho decodes
         # a Properties object for every v5 PUBLISH (and PUBACK): 45% of the service's CPU
@@ -191,13 +196,14 @@ class MqttSession:
     async def publish_many(self, messages: Sequence[Outgoing]) -> int:
         """Hand messages to the client in order; returns how many were handed over.
 
-        QoS 1 delivery (retries, PUBACK) stays with paho; we do not await each PUBACK, which
-        is what limited a batch to a few hundred messages a second. The loop yields every
-        few hundred messages so reading and keep-alive pings go on during a large batch, and
+        QoS 1 delivery (PUBACK) stays with paho; we do not await each PUBACK, which is what
+        limited a batch to a few hundred messages a second. The loop yields every few
+        hundred messages so reading and keep-alive pings go on during a large batch, and
         it paces itself on what paho has not yet written or had acknowledged (see
         ``_backpressure``). A connection lost mid-batch does not drop the rest: the batch
-        resumes on the next connection (these are answers to committed changes), unless
-        ``reconnect_wait_s`` passes first.
+        resumes on the next connection (these are answers to committed changes) from the
+        oldest message the old connection had not written or had not had acknowledged
+        (some may go twice, as QoS 1 allows), unless ``reconnect_wait_s`` passes first.
         """
         sent = 0
         while sent < len(messages):
@@ -207,16 +213,24 @@ class MqttSession:
                     break
                 continue
             paho = client._client  # aiomqtt's paho client; see the docstring
-            for m in messages[sent:]:
+            start, mids = sent, list[int]()
+            for m in messages[start:]:
                 info = paho.publish(m.topic, m.payload, m.qos, m.retain)
-                if info.rc != 0:
-                    if self._stopping():
-                        return sent  # shutting down: the rest was never acknowledged
-                    log.warning("publish to %s failed (rc %d) with %d of %d sent; resuming "
-                                "after reconnect", m.topic, info.rc, sent, len(messages))
-                    if not await self._await_disconnect(client):
+                if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # every message id outstanding
+                    await self._backpressure(paho, force=True)
+                    info = paho.publish(m.topic, m.payload, m.qos, m.retain)
+                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                    resume = start + _first_pending(paho, mids)
+                    log.warning("connection lost with %d of %d messages handed over; "
+                                "resuming at %d on the next connection", sent, len(messages),
+                                resume)
+                    sent = resume
+                    if self._stopping() or not await self._await_disconnect(client):
                         return self._dropped(sent, messages)
                     break
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    log.error("publish to %s refused (rc %d); skipped", m.topic, info.rc)
+                mids.append(info.mid)
                 sent += 1
                 if sent % 256 == 0:
                     await asyncio.sleep(0)
@@ -224,38 +238,71 @@ class MqttSession:
         return self._dropped(sent, messages)
 
     def _dropped(self, sent: int, messages: Sequence[Outgoing]) -> int:
-        if sent < len(messages) and not self._stopping():
-            log.error("dropped %d of %d messages: no working connection within %.0f s",
-                      len(messages) - sent, len(messages), self.reconnect_wait_s)
+        if sent < len(messages):
+            log.error("dropped %d of %d messages: no working connection%s",
+                      len(messages) - sent, len(messages),
+                      " while shutting down" if self._stopping() else
+                      f" within {self.reconnect_wait_s:.0f} s")
         return sent
 
-    async def _backpressure(self, paho: Any) -> None:
+    async def _backpressure(self, paho: Any, *, force: bool = False) -> None:
         """Wait while paho holds more than ``max_unwritten`` packets it could not write yet
-        (the socket is full: memory would grow without bound in a 100k fan-out) or more
-        than ``max_unacked`` QoS 1 messages await their PUBACK (message ids are 16 bits: at
-        65,535 in flight paho reuses an id that is still outstanding)."""
+        (the socket is full: memory would grow without bound in a 100k fan-out) or while
+        the QoS 1 messages awaiting their PUBACK span more than ``max_unacked`` message ids
+        (ids are 16 bits and drawn for QoS 0 too: near 65,535 paho would refuse a publish
+        whose id is still outstanding). ``force``: that refusal happened; wait for acks."""
         while (len(paho._out_packet) > self.max_unwritten
-               or len(paho._out_messages) > self.max_unacked):
+               or _mid_span(paho) > (self.max_unacked // 2 if force else self.max_unacked)):
             if self.client is None or self.client._client is not paho:
                 return  # disconnected: publish_many sees it on its next publish
             await asyncio.sleep(0.002)
 
     def _stopping(self) -> bool:
-        return self._stop is None or self._stop.is_set()
+        """No next connection is coming, or the service is draining: do not wait for one."""
+        return (self._stop is None or self._stop.is_set()
+                or (self.draining is not None and self.draining.is_set()))
 
     async def _await_connection(self) -> bool:
-        if self._stopping():  # no next connection is coming
+        """Wait for the next connection (at most ``reconnect_wait_s``, or until stopping)."""
+        if self._stopping():
             return False
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.connected.wait(), self.reconnect_wait_s)
+        waits = [asyncio.ensure_future(e.wait()) for e in
+                 (self.connected, self._stop, self.draining) if e is not None]
+        try:
+            await asyncio.wait(waits, timeout=self.reconnect_wait_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
         return self.client is not None
 
     async def _await_disconnect(self, client: aiomqtt.Client) -> bool:
         """The old client is gone once ``run`` has cleared it (then ``connected`` is set
-        again by the next connection)."""
+        again by the next connection); False if it neither works nor goes."""
         deadline = asyncio.get_running_loop().time() + self.reconnect_wait_s
         while self.client is client and not self._stopping():
             if asyncio.get_running_loop().time() >= deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+
+def _mid_span(paho: Any) -> int:
+    """How many message ids lie between the oldest unacknowledged QoS 1 publish and the
+    newest id drawn."""
+    out = paho._out_messages
+    if not out:
+        return 0
+    oldest = next(iter(out))
+    return int((paho._last_mid - oldest) % 65535)
+
+
+def _first_pending(paho: Any, mids: Sequence[int]) -> int:
+    """Index into ``mids`` (this connection's publishes, in order) of the first one paho
+    still holds unwritten or unacknowledged; ``len(mids)`` if none."""
+    pending = set(paho._out_messages)
+    pending.update(p["mid"] for p in paho._out_packet if p.get("mid"))
+    for i, mid in enumerate(mids[-65535:], max(0, len(mids) - 65535)):
+        if mid in pending:
+            return i
+    return len(mids)

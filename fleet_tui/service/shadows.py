@@ -124,6 +124,7 @@ class ShadowService:
         self.partitions: Partitions | None = None
         self._forward: list[Outgoing] = []
         self._peeked: dict[str, tuple[float, ShadowDocument | None]] = {}
+        self._flushing = False
 
     # ------------------------------------------------------------------ loading
 
@@ -337,8 +338,20 @@ class ShadowService:
                 reported[key[0]] = entry.doc.reported
         return docs, reported
 
+    @property
+    def busy(self) -> bool:
+        """Answers are waiting: in the current batch, or in a flush not yet published."""
+        return self._flushing or bool(self._batch.out)
+
     async def flush(self, publish: Publisher) -> int:
         """Commit the current batch, then publish its answers. Returns messages published."""
+        self._flushing = True
+        try:
+            return await self._flush(publish)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, publish: Publisher) -> int:
         batch = self._take_batch()
         if self._forward:
             forward, self._forward = self._forward, []
