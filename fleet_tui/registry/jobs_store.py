@@ -223,10 +223,8 @@ class JobStore:
         if allow is None and conn.dialect.update_returning:
             # One statement picks, marks and returns them (SQLite >= 3.35, PostgreSQL): no
             # id lists bound back and forth, a third of a 100k fan-out's release time.
-            next_n = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(
-                EXECUTION.c.seq).limit(n)
             marked = conn.execute(EXECUTION.update().where(
-                *waiting, EXECUTION.c.device_id.in_(next_n)).values(**values)
+                *waiting, EXECUTION.c.device_id.in_(pending.limit(n))).values(**values)
                 .returning(*EXECUTION.c))
             return sorted((_execution(r) for r in marked), key=lambda e: e.seq)
         if allow is None:  # an SQLite older than 3.35: no UPDATE ... RETURNING
@@ -237,8 +235,7 @@ class JobStore:
             return []
         for chunk in _chunks(list(rows)):
             conn.execute(EXECUTION.update().where(
-                EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk)),
-                EXECUTION.c.status == QUEUED, EXECUTION.c.notified_at.is_(None)).values(**values))
+                *waiting, EXECUTION.c.device_id.in_(list(chunk))).values(**values))
         out: list[ExecutionRow] = []
         for chunk in _chunks(list(rows)):
             out += [_execution(r) for r in conn.execute(sa.select(EXECUTION).where(

@@ -159,14 +159,15 @@ class JobsEngine:
     # ------------------------------------------------------------------ events
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, (ShadowChanged, PresenceChanged, TelemetryReceived)) \
-                and event.thing in self.watch:
-            self.dirty.add(event.thing)
-            # (the tick's thread may drop the watch meanwhile: .get, not [])
-            w = self.watch.get(event.thing)
-            if w is not None and w.published_at is None and isinstance(event, ShadowChanged) \
-                    and same_version(_desired_target(event.documents), w.target):
-                w.published_at = self.clock()  # its delta (the write's answers) is out
+        if not isinstance(event, (ShadowChanged, PresenceChanged, TelemetryReceived)):
+            return
+        w = self.watch.get(event.thing)  # one lookup: the tick's thread may drop it
+        if w is None:
+            return
+        self.dirty.add(event.thing)
+        if w.published_at is None and isinstance(event, ShadowChanged) \
+                and same_version(_desired_target(event.documents), w.target):
+            w.published_at = self.clock()  # its delta (the write's answers) is out
 
     def handle(self, topic: JobsTopic, payload: bytes) -> None:
         """A device's jobs request; answered after the batch it joins has committed."""
@@ -272,9 +273,7 @@ class JobsEngine:
                 for e in self.registry.jobs.executions(job.id, status=[IN_PROGRESS], conn=conn):
                     self.watch[e.device_id] = Watch(job.id, self._target_of(job, e),
                                                     e.started_at or now, soak)
-                    if self.settings.jobs.redrive_s > 0:
-                        self._redrive_due.append((now, e.device_id))
-        heapq.heapify(self._redrive_due)
+                    self._redrive_at(now, e.device_id)
         self.dirty.update(self.watch)
         return len(self.watch)
 
@@ -417,6 +416,11 @@ class JobsEngine:
             heapq.heappush(heap, entry)
         return due
 
+    def _redrive_at(self, when: float, thing: str) -> None:
+        """Have _redrive look at ``thing`` again at ``when`` (nothing when redrive is off)."""
+        if self.settings.jobs.redrive_s > 0:
+            heapq.heappush(self._redrive_due, (when, thing))
+
     def _redrive(self, now: float, result: TickResult) -> None:
         """Write the desired OTA state again where a killed worker may have lost it.
 
@@ -431,8 +435,7 @@ class JobsEngine:
         every = self.settings.jobs.redrive_s
         if every <= 0 or now - self._last_redrive_scan < min(every / 2, 1.0):
             return
-        due = self._redrive_due
-        again: list[tuple[float, str]] = []
+        due = self._redrive_due  # what is pushed back is due later than now
         looked = 0
         while due and due[0][0] <= now:
             if looked == REDRIVE_PER_TICK:  # a bounded tick; the rest in the next ones
@@ -443,24 +446,24 @@ class JobsEngine:
             if w is None or w.phase or w.seen_at is not None or w.redrives >= REDRIVE_MAX:
                 continue  # finished, or the device is at it: nothing more to drive
             if thing in result.desired:
-                again.append((now + every, thing))
+                self._redrive_at(now + every, thing)
                 continue
             age = now - w.driven_at
             if w.driven_at and age < every:
-                again.append((w.driven_at + every, thing))
+                self._redrive_at(w.driven_at + every, thing)
                 continue
             doc = self.shadows.peek(thing)
             desired = doc.desired if doc is not None else {}
             reported = doc.reported if doc is not None else {}
             if same_version(reported.get("firmware_version"), w.target):
-                again.append((now + every, thing))  # updated: its evaluation follows
+                self._redrive_at(now + every, thing)  # updated: its evaluation follows
                 continue
             stored = same_version(desired.get("target_version"), w.target)
             if stored and not w.driven_at:
                 # Watched since a takeover: whether its delta ever went out is unknown, so
                 # its age counts from now.
                 w.driven_at = w.published_at = now
-                again.append((now + 2 * every, thing))
+                self._redrive_at(now + 2 * every, thing)
                 continue
             if stored and self.shadows.owns(thing):
                 # Ours to publish: silence counts once its delta is out; while the shadow
@@ -473,12 +476,12 @@ class JobsEngine:
                     age = 0.0
             if stored and (age < 2 * every or not self.presence.online.get(thing)):
                 # An offline device reads the stored state when it connects.
-                again.append((now + max(2 * every - age, every / 2), thing))
+                self._redrive_at(now + max(2 * every - age, every / 2), thing)
                 continue
             w.driven_at = now
             w.published_at = None
             w.redrives += 1
-            again.append((now + every, thing))
+            self._redrive_at(now + every, thing)
             try:
                 result.desired[thing] = self._desired_for(w.target)
             except NotFound:  # the release went away: its timeout will end the execution
@@ -486,8 +489,6 @@ class JobsEngine:
                 continue
             log.info("job engine: %s shows no sign of %s (job %s); writing its desired "
                      "OTA state again", thing, w.target, w.job_id)
-        for item in again:
-            heapq.heappush(due, item)
         if looked < REDRIVE_PER_TICK:
             self._last_redrive_scan = now
 
@@ -554,9 +555,7 @@ class JobsEngine:
                     target = self._target_of(job, e)
                     self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s,
                                                     driven_at=now)
-                    if self.settings.jobs.redrive_s > 0:
-                        heapq.heappush(self._redrive_due,
-                                       (now + self.settings.jobs.redrive_s, e.device_id))
+                    self._redrive_at(now + self.settings.jobs.redrive_s, e.device_id)
                     if target not in desired:
                         desired[target] = self._desired_for(target)
                     result.desired[e.device_id] = desired[target]

@@ -191,7 +191,7 @@ class ShadowService:
         """Apply one request; its answers wait in the current batch until it commits."""
         now = int(self.clock())
         thing, name = topic.thing, topic.name
-        if self.partitions is not None and not self.partitions.owns(thing):
+        if not self.owns(thing):
             self.stats["not_mine"] += 1  # another worker's thing (or one being taken over)
             return
         batch = self._batch
@@ -228,7 +228,7 @@ class ShadowService:
         ``/update/accepted`` at QoS 0 since no requester waits for it (a fan-out to 100k
         things is three messages each; the QoS 1 acks were a third of the service's CPU).
         Another worker's thing: published to its update topic, its owner applies it."""
-        if self.partitions is not None and not self.partitions.owns(thing):
+        if not self.owns(thing):
             self.stats["forwarded"] += 1
             self._forward.append(Outgoing(self.topics.shadow(thing, "", "update"),
                                           dumps(request)))

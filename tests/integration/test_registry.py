@@ -308,6 +308,24 @@ def test_migrations_are_idempotent_and_reach_head(empty_db_url: str) -> None:
     reg.close()
 
 
+def _run_in_threads(works: list[Callable[[], None]]) -> list[BaseException]:
+    """Run each in its own thread at once; what they raised."""
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in works]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_concurrent_read_then_write_transactions_all_commit(db_url: str) -> None:
     # set_operator_tags reads (the device exists) before it writes. On SQLite a deferred
     # BEGIN let another writer commit in between, and the upgrade to a write then failed
@@ -315,20 +333,12 @@ def test_concurrent_read_then_write_transactions_all_commit(db_url: str) -> None
     Registry.open(db_url).close()
     registries = [Registry.open(db_url, migrate_schema=False) for _ in range(4)]
     registries[0].add_devices([NewDevice(id=f"d{k}") for k in range(4)])
-    errors: list[BaseException] = []
 
     def write(k: int) -> None:
-        try:
-            for n in range(100):
-                registries[k].set_operator_tags(f"d{k}", {"n": str(n)})
-        except BaseException as err:
-            errors.append(err)
+        for n in range(100):
+            registries[k].set_operator_tags(f"d{k}", {"n": str(n)})
 
-    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _run_in_threads([lambda k=k: write(k) for k in range(4)])
     try:
         assert errors == []
         assert [registries[0].get_device(f"d{k}").tags["n"] for k in range(4)] == ["99"] * 4
@@ -358,7 +368,6 @@ def test_concurrent_shadow_and_ingest_flushes_never_deadlock(db_url: str) -> Non
     reg = Registry.open(db_url)
     ids = [f"d{i:03d}" for i in range(40)]
     reg.add_devices([NewDevice(id=i) for i in ids])
-    errors: list[BaseException] = []
 
     def shadows() -> None:
         for n in range(30):
@@ -372,17 +381,7 @@ def test_concurrent_shadow_and_ingest_flushes_never_deadlock(db_url: str) -> Non
             reg.record_ingest([(d, True, float(n)) for d in order[::2]],
                               [(d, "healthy", {"n": n}) for d in order])
 
-    def run(work: Callable[[], None]) -> None:
-        try:
-            work()
-        except BaseException as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in (shadows, ingest) * 2]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _run_in_threads([shadows, ingest] * 2)
     try:
         assert errors == []
     finally:
