@@ -20,7 +20,7 @@ from tests.tui.conftest import (
     OLD_FIRMWARE_DEVICE,
     AppFactory,
 )
-from tests.tui.workers import workers_done
+from tests.tui.workers import settled
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 SnapCompare = Callable[..., bool]
@@ -38,17 +38,12 @@ def then(*steps: Step) -> Callable[..., Any]:
     """A run_before that settles the workers around each step."""
 
     async def run(pilot: Pilot[Any]) -> None:
-        async def settle() -> None:
-            for _ in range(4):
-                await workers_done(pilot.app)
-                await pilot.pause()
-
-        await settle()
+        await settled(pilot)
         for step in steps:
             result = step(pilot)
             if result is not None:
                 await result
-            await settle()
+            await settled(pilot)
 
     return run
 

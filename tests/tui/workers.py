@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from textual.app import App
+from textual.pilot import Pilot
 from textual.worker import WorkerCancelled
 
 
@@ -19,3 +21,24 @@ async def workers_done(app: App[object]) -> None:
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, WorkerCancelled):
             raise result
+
+
+async def settled(pilot: Pilot[Any], *, rounds: int = 4, limit: int = 20) -> None:
+    """Wait for the workers, then until two frames in a row are the same.
+
+    A label that grows when its count arrives changes its widget's virtual size in the
+    render after; the scrollbar follows a refresh later. A snapshot taken between the two
+    shows the old scrollbar, so "workers done" alone left snapshots flaky under load.
+    """
+    for _ in range(rounds):
+        await workers_done(pilot.app)
+        await pilot.pause()
+    frame = pilot.app.export_screenshot()
+    for _ in range(limit):
+        await pilot.pause(0.02)
+        await workers_done(pilot.app)
+        again = pilot.app.export_screenshot()
+        if again == frame:
+            return
+        frame = again
+    raise AssertionError(f"the screen kept changing for {limit} frames")

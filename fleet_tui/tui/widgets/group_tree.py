@@ -143,6 +143,9 @@ class GroupTree(Tree[GroupNode | None]):
         message.stop()
         self.counts.update(message.counts)
         self._relabel(self.root)
+        # set_label repaints a line but keeps the tree's width from its last build, so a
+        # label that grew would stay cut off with no scrollbar until the next expand.
+        self._invalidate()
 
     def _relabel(self, node: TreeNode[GroupNode | None]) -> None:
         data = node.data
