@@ -134,14 +134,27 @@ async def wait_rows(app: FleetApp, timeout: float = 30.0) -> DeviceTable:
     raise TimeoutError("the device table never showed rows")
 
 
-def watch_frames(app: FleetApp) -> list[float]:
-    """Times at which the app wrote a frame (its ``_display`` hook, headless included)."""
-    frames: list[float] = []
+def watch_frames(app: FleetApp) -> list[tuple[float, int, bool]]:
+    """Every frame the app wrote (its ``_display`` hook, headless included): when, the
+    table's cursor it showed, and whether the rows around the cursor were loaded. Judging a
+    key by the state its frame showed: polling the cursor and then waiting for "the next
+    frame" missed the frame when it came first, and took a later one (up to the next live
+    update, 250 ms on)."""
+    frames: list[tuple[float, int, bool]] = []
     display = app._display
+    tables: list[DeviceTable] = []
 
     def recorded(screen: Any, renderable: Any) -> None:
         display(screen, renderable)
-        frames.append(time.perf_counter())
+        if not tables:
+            found = app.query(DeviceTable)
+            if not found:
+                return
+            tables.append(found.first())
+        table = tables[0]
+        top = int(table.scroll_y)
+        loaded = table.row_at(top) is not None and table.row_at(table.cursor) is not None
+        frames.append((time.perf_counter(), table.cursor, loaded))
 
     app._display = recorded  # type: ignore[method-assign]
     return frames
@@ -149,10 +162,13 @@ def watch_frames(app: FleetApp) -> list[float]:
 
 async def key_to_render(app: FleetApp, table: DeviceTable, key: str,
                         loaded: bool = False) -> float:
-    """ms from a key event reaching the app's driver to the first frame showing its effect
-    (Pilot's press() waits for the whole app to go idle, which under load it never is)."""
+    """ms from a key event reaching the app's driver to the first frame showing its effect:
+    the cursor moved (and, with ``loaded``, the new page's rows there, not "…"
+    placeholders). Pilot's press() waits for the whole app to go idle, which under load it
+    never is."""
     frames = app.frames  # type: ignore[attr-defined]
     before = table.cursor
+    seen = len(frames)
     event = events.Key(key, None)
     event.set_sender(app)
     t0 = time.perf_counter()
@@ -160,15 +176,11 @@ async def key_to_render(app: FleetApp, table: DeviceTable, key: str,
     app._driver.send_message(event)
     deadline = t0 + 10
     while time.perf_counter() < deadline:
-        moved = table.cursor != before
-        if moved and loaded:  # the new page's rows must be there, not "…" placeholders
-            top = int(table.scroll_y)
-            moved = table.row_at(top) is not None and table.row_at(table.cursor) is not None
-        if moved:
-            seen = len(frames)
-            while len(frames) == seen and time.perf_counter() < deadline:
-                await asyncio.sleep(0.0005)
-            return (frames[-1] - t0) * 1000
+        while seen < len(frames):
+            at, cursor, rows = frames[seen]
+            seen += 1
+            if cursor != before and (rows or not loaded):
+                return (at - t0) * 1000
         await asyncio.sleep(0.0005)
     raise TimeoutError(f"{key} had no effect within 10 s")
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -46,6 +46,7 @@ APP_HELP = (
 
 
 SUMMARY_EVERY_S = 2.0  # the header's counts re-query the registry: not on every batch
+AWAY_S = 5.0  # no input for this long: a collector sweep may pause the console now
 
 
 class FleetApp(App[None]):
@@ -87,7 +88,9 @@ class FleetApp(App[None]):
         self._summary_at = 0.0
         self.exit_after: float | None = None  # quit after this many seconds (smoke tests)
         # Off in tests: a frozen heap would keep every finished test app until a sweep.
-        self.gc_pacing = GcPacing() if pace_gc else None
+        # Its full sweep (a few hundred ms on a big fleet) waits until nobody is typing.
+        self._last_input = time.monotonic()
+        self.gc_pacing = GcPacing(quiet=self._operator_away) if pace_gc else None
         if settings.keymap:
             self.set_keymap(settings.keymap)
 
@@ -123,6 +126,14 @@ class FleetApp(App[None]):
             self.bridge.stop()
         if self.gc_pacing is not None:
             self.gc_pacing.stop()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.InputEvent):
+            self._last_input = time.monotonic()
+        await super().on_event(event)
+
+    def _operator_away(self) -> bool:
+        return time.monotonic() - self._last_input >= AWAY_S
 
     # ----------------------------------------------------------------- summary
 

@@ -45,6 +45,43 @@ def test_freezes_survivors_and_the_sweep_reclaims_frozen_cycles() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_full_collections_wait_for_the_pacing_and_come_back_after() -> None:
+    before = gc.get_threshold()
+    pacing = GcPacing()
+    pacing.start()
+    try:
+        young, middle, full = gc.get_threshold()
+        assert (young, middle) == before[:2] and full > 1_000_000  # only the sweep's
+    finally:
+        pacing.stop()
+    assert gc.get_threshold() == before
+
+
+def test_a_due_sweep_waits_for_quiet_but_not_past_twice_its_period() -> None:
+    busy = [True]
+    pacing = GcPacing(sweep_s=3600, quiet=lambda: not busy[0])
+    gc.disable()
+    try:
+        pacing.start()
+        ref = _cycle()
+        pacing.step()  # frozen garbage now
+        pacing._swept -= 3600  # due, but the operator is typing
+        pacing.step()
+        assert ref() is not None
+        busy[0] = False
+        pacing.step()
+        assert ref() is None
+        ref = _cycle()
+        busy[0] = True
+        pacing.step()
+        pacing._swept -= 7200  # twice overdue: sweep anyway
+        pacing.step()
+        assert ref() is None
+    finally:
+        pacing.stop()
+        gc.enable()
+
+
 def test_inactive_pacing_leaves_the_collector_alone() -> None:
     pacing = GcPacing()
     pacing.step()

@@ -360,11 +360,18 @@ class DeviceTable(ScrollView, can_focus=True):
 
     def watch_cursor(self, old: int, new: int) -> None:
         top = int(self.scroll_y)
+        self._prefetch(new)
         if new < top:
             self.scroll_to(y=new, animate=False)
         elif new >= top + self._body_height:
             self.scroll_to(y=new - self._body_height + 1, animate=False)
-        self._prefetch(new)
+        else:
+            # Within the page only the two cursor lines change: repainting just them keeps
+            # a key press to a fraction of a full repaint, which under load (the service
+            # thread holding the GIL half the time) was most of its latency.
+            self.refresh_line(old + 1)  # + 1: the header is line 0
+            self.refresh_line(new + 1)
+            return
         self.refresh()
 
     def _prefetch(self, index: int) -> None:
