@@ -4,8 +4,8 @@ console (whose embedded service churns through documents on another thread) and 
 A full (generation 2) collection walks every tracked object while holding the GIL: with a
 100k-device fleet under 5,000 shadow updates/s those pauses reached 150-280 ms and were
 the key-press latency's p99 (bench/console.py). Freezing the heap every second moves the
-survivors to the permanent generation, so a full collection walks at most a second's worth
-(under 70 ms measured). Acyclic garbage is freed by reference counting either way; cycles
+survivors to the permanent generation, so a full collection would walk at most a second's
+worth. Acyclic garbage is freed by reference counting either way; cycles
 frozen meanwhile are reclaimed by an unfreeze and a full collection every ``sweep_s``.
 
 While pacing, automatic full collections are off (a generation-2 threshold no process
@@ -21,7 +21,7 @@ import gc
 import time
 from collections.abc import Callable
 
-NEVER = 2**31 - 1  # young collections between full ones: none automatic while pacing
+NEVER = 2**31 - 1  # generation-2 threshold while pacing: no automatic full collection
 
 
 class GcPacing:
@@ -61,8 +61,8 @@ class GcPacing:
     def stop(self) -> None:
         if self.active:
             gc.unfreeze()  # let what the console held be collected as usual
-            if self._thresholds is not None:
-                gc.set_threshold(*self._thresholds)
+            assert self._thresholds is not None  # set by start()
+            gc.set_threshold(*self._thresholds)
             self.active = False
 
 

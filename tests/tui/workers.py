@@ -26,9 +26,8 @@ async def workers_done(app: App[object]) -> None:
 async def settled(pilot: Pilot[Any], *, rounds: int = 4, limit: int = 20) -> None:
     """Wait for the workers, then until two frames in a row are the same.
 
-    A label that grows when its count arrives changes its widget's virtual size in the
-    render after; the scrollbar follows a refresh later. A snapshot taken between the two
-    shows the old scrollbar, so "workers done" alone left snapshots flaky under load.
+    What a finished worker posts (counts, pages) is applied and drawn in later frames; under
+    load a snapshot taken right after "workers done" could catch the screen between two.
     """
     for _ in range(rounds):
         await workers_done(pilot.app)

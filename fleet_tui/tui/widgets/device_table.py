@@ -366,9 +366,7 @@ class DeviceTable(ScrollView, can_focus=True):
         elif new >= top + self._body_height:
             self.scroll_to(y=new - self._body_height + 1, animate=False)
         else:
-            # Within the page only the two cursor lines change: repainting just them keeps
-            # a key press to a fraction of a full repaint, which under load (the service
-            # thread holding the GIL half the time) was most of its latency.
+            # Within the page only the two cursor lines change; no need to redraw every row.
             self.refresh_line(old + 1)  # + 1: the header is line 0
             self.refresh_line(new + 1)
             return
