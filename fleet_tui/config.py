@@ -49,6 +49,10 @@ class ShadowSettings:
     prune_converged_desired: bool = False
     # How long the service may hold accepted-but-unwritten documents (write-behind batch).
     flush_interval_ms: int = 20
+    # A batch is sealed at this many documents and the next one opens: a large burst (a
+    # fan-out's 100k desired writes) commits in steps, each step's answers going out
+    # while the next commits, instead of all of them after one long commit.
+    max_batch_docs: int = 5000
     # Scale-out (docs/scale-out.md): things split into this many partitions by a stable
     # hash of the thing name, each answered by the worker holding its lease; 0 = one
     # worker answers everything (no partition leases).

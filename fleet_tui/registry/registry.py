@@ -43,7 +43,12 @@ from fleet_tui.registry.bulk_load import (
     prefetch,
     tag_tuples,
 )
-from fleet_tui.registry.engine import WRITE_OPTION, create_registry_engine, write_transaction
+from fleet_tui.registry.engine import (
+    WRITE_OPTION,
+    create_registry_engine,
+    sqlite_writer,
+    write_transaction,
+)
 from fleet_tui.registry.errors import Conflict, NotFound, RegistryError
 from fleet_tui.registry.jobs_store import JobStore
 from fleet_tui.registry.leases import Leases, check_fence
@@ -199,7 +204,7 @@ class Registry:
             with write_transaction(self.engine) as conn:
                 yield conn
             return
-        with self.engine.connect() as conn:
+        with sqlite_writer(self.engine), self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})  # BEGIN IMMEDIATE
             raw = conn.connection.dbapi_connection
             assert raw is not None

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleet_tui.service import mqtt_wire
 from fleet_tui.service.outbox import Outgoing
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class MqttSession:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         # publish_many's pacing and patience (see there).
-        self.max_unwritten = 4096
+        self.max_unwritten = 16  # paho's queued writes: runs of up to 256 messages, or acks
         self.max_unacked = 30_000  # message ids, of 65,535
         self.reconnect_wait_s = 30.0
         self._stop: asyncio.Event | None = None
@@ -177,6 +177,9 @@ class MqttSession:
             except Exception:
                 log.exception("handler failed for %s", m.topic.value)
         paho.on_message = deliver
+        # MQTT 3.1.1: PUBACKs and QoS 0/1 requests skip paho's per-message objects.
+        undo = (mqtt_wire.install(paho, self.on_message)
+                if self.protocol == aiomqtt.ProtocolVersion.V311 else (lambda: None))
         # Every publish goes to paho directly (publish_many), so aiomqtt's on_publish has
         # no future to resolve; unset, paho also skips building a ReasonCode and
         # Properties per QoS 0 message and per PUBACK for it (~10% of a fan-out's CPU).
@@ -190,14 +193,16 @@ class MqttSession:
                 raise aiomqtt.MqttError("Disconnected during message iteration") from cause
         finally:
             stopper.cancel()
+            undo()
             paho.on_message = client._on_message
             paho.on_publish = client._on_publish
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> int:
         """Hand messages to the client in order; returns how many were handed over.
 
-        QoS 1 delivery (PUBACK) stays with paho; we do not await each PUBACK, which is what
-        limited a batch to a few hundred messages a second. The loop yields every few
+        Runs of up to 256 messages are encoded into one write (``mqtt_wire``); QoS 1
+        delivery (PUBACK) is tracked in paho's table; we do not await each PUBACK, which is
+        what limited a batch to a few hundred messages a second. The loop yields every few
         hundred messages so reading and keep-alive pings go on during a large batch, and
         it paces itself on what paho has not yet written or had acknowledged (see
         ``_backpressure``). A connection lost mid-batch does not drop the rest: the batch
@@ -213,13 +218,10 @@ class MqttSession:
                     break
                 continue
             paho = client._client  # aiomqtt's paho client; see the docstring
+            v5 = self.protocol == aiomqtt.ProtocolVersion.V5
             start, mids = sent, list[int]()
-            for m in messages[start:]:
-                info = paho.publish(m.topic, m.payload, m.qos, m.retain)
-                if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # every message id outstanding
-                    await self._backpressure(paho, force=True)
-                    info = paho.publish(m.topic, m.payload, m.qos, m.retain)
-                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            while sent < len(messages):
+                if paho._sock is None or self.client is not client:  # connection lost
                     resume = start + _first_pending(paho, mids)
                     log.warning("connection lost with %d of %d messages handed over; "
                                 "resuming at %d on the next connection", sent, len(messages),
@@ -228,13 +230,15 @@ class MqttSession:
                     if self._stopping() or not await self._await_disconnect(client):
                         return self._dropped(sent, messages)
                     break
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    log.error("publish to %s refused (rc %d); skipped", m.topic, info.rc)
-                mids.append(info.mid)
-                sent += 1
-                if sent % 256 == 0:
-                    await asyncio.sleep(0)
-                    await self._backpressure(paho)
+                chunk = messages[sent:sent + 256]
+                queued = mqtt_wire.queue_publishes(paho, chunk, v5)
+                mids += queued
+                sent += len(queued)
+                if len(queued) < len(chunk):  # a message id still outstanding
+                    await self._backpressure(paho, force=True)
+                    continue
+                await asyncio.sleep(0)
+                await self._backpressure(paho)
         return self._dropped(sent, messages)
 
     def _dropped(self, sent: int, messages: Sequence[Outgoing]) -> int:

@@ -1,7 +1,9 @@
 """The Device Shadow service: AWS IoT's shadow MQTT API over the in-memory documents.
 
 Durability contract: documents live in memory and are written to the registry in batches
-(one transaction every ``flush_interval_ms``). Every response of a batch (``/accepted``,
+(one transaction every ``flush_interval_ms``, or per ``max_batch_docs`` documents in a
+burst; a batch commits while the previous one's answers are published, and batches answer
+in order). Every response of a batch (``/accepted``,
 ``/delta``, ``/documents``, ``/rejected`` and ``get`` answers) is held until that batch has
 committed, so nothing is acknowledged before it is durable; a crash loses only requests not
 yet answered, which the devices retry (their clientToken never got an answer). If a commit
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +87,7 @@ class _Batch:
     rejections_on_failure: list[tuple[str, str | None]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    reported: set[str] = field(default_factory=set)  # things whose reported state changed
 
 
 def _retry_key(token: Any, request: dict[str, Any]) -> str:
@@ -117,6 +120,7 @@ class ShadowService:
         self.clock = clock
         self.shadows: dict[Key, Entry] = {}
         self._batch = _Batch()
+        self._sealed: deque[_Batch] = deque()  # full batches waiting to commit, in order
         self._wakeup = asyncio.Event()
         self.stats = {"accepted": 0, "rejected": 0, "batches": 0, "failed_batches": 0,
                       "not_mine": 0, "forwarded": 0, "retries_answered": 0}
@@ -239,7 +243,7 @@ class ShadowService:
         self._wakeup.set()
         topic = ShadowTopic(thing, "", "update")
         try:
-            self._update(batch, topic, request, now, accepted_qos=0)
+            self._update(batch, topic, request, now, accepted_qos=0, retry=False)
         except ShadowError as err:
             err.client_token = request.get("clientToken")
             self._reject(batch, topic, err, now)
@@ -255,12 +259,14 @@ class ShadowService:
             batch.dirty[key] = Entry(before.doc, before.exists) if before else None
 
     def _update(self, batch: _Batch, topic: ShadowTopic, request: dict[str, Any], now: int,
-                accepted_qos: int = 1) -> None:
+                accepted_qos: int = 1, retry: bool = True) -> None:
+        """``retry``: the request may be a device's retry of an update whose answer it never
+        got (the engine's own writes are never resent that way: no retry key for them)."""
         key = (topic.thing, topic.name)
         entry = self.shadows.get(key)
         current = entry.doc if entry is not None else ShadowDocument.empty()
         token = request.get("clientToken")
-        retry_key = _retry_key(token, request) if token is not None else None
+        retry_key = _retry_key(token, request) if retry and token is not None else None
         if entry is not None and entry.exists and retry_key is not None \
                 and entry.token == retry_key:
             self._answer_retry(batch, topic, entry, str(token), now)
@@ -272,6 +278,8 @@ class ShadowService:
             prune_converged_desired=self.settings.prune_converged_desired,
         )
         self._touch(batch, key)
+        if topic.name == "" and "reported" in request["state"]:
+            batch.reported.add(topic.thing)
         self.shadows[key] = Entry(result.document, True, retry_key)
         self.stats["accepted"] += 1
         t = self.topics
@@ -285,6 +293,9 @@ class ShadowService:
         batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "documents"),
                                   dumps(result.documents), qos=0))
         batch.events.append(ShadowChanged(topic.thing, topic.name, result.documents))
+        if len(batch.dirty) >= self.settings.max_batch_docs and batch is self._batch:
+            self._sealed.append(batch)
+            self._batch = _Batch()
 
     def _answer_retry(self, batch: _Batch, topic: ShadowTopic, entry: Entry, token: str,
                       now: int) -> None:
@@ -322,7 +333,12 @@ class ShadowService:
 
     # -------------------------------------------------------------------- flush
 
-    def _take_batch(self) -> _Batch:
+    def _next_batch(self) -> _Batch | None:
+        """The oldest batch with answers waiting (sealed ones first), or None."""
+        if self._sealed:
+            return self._sealed.popleft()
+        if not self._batch.out:
+            return None
         batch, self._batch = self._batch, _Batch()
         return batch
 
@@ -334,58 +350,79 @@ class ShadowService:
             if entry is None:  # its partition was lost meanwhile: the fence refuses it
                 raise StaleOwner(f"{key[0]}: partition lost before its batch committed")
             docs.append((key[0], key[1], entry.doc.version, entry.stored_json()))
-            if key[1] == "" and entry.exists:
+            # The registry mirrors reported state: a desired-only write (a fan-out's OTA
+            # state) leaves it as it was.
+            if key[1] == "" and entry.exists and key[0] in batch.reported:
                 reported[key[0]] = entry.doc.reported
         return docs, reported
 
     @property
     def busy(self) -> bool:
-        """Answers are waiting: in the current batch, or in a flush not yet published."""
-        return self._flushing or bool(self._batch.out)
+        """Answers are waiting: in a batch, or in a flush not yet published."""
+        return self._flushing or bool(self._batch.out) or bool(self._sealed)
 
     async def flush(self, publish: Publisher) -> int:
-        """Commit the current batch, then publish its answers. Returns messages published."""
+        """Commit every waiting batch and publish its answers, in order: each batch commits
+        while the previous one's answers go out. Returns messages published."""
         self._flushing = True
+        sent = 0
+        publishing: asyncio.Task[int] | None = None
         try:
-            return await self._flush(publish)
+            while True:
+                if self._forward:
+                    forward, self._forward = self._forward, []
+                    await publish(forward)
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                answers = await self._commit(batch)
+                if publishing is not None:
+                    previous, publishing = publishing, None
+                    sent += await previous
+                publishing = asyncio.create_task(self._answer(batch, answers, publish))
         finally:
+            if publishing is not None:
+                sent += await publishing
             self._flushing = False
+        return sent
 
-    async def _flush(self, publish: Publisher) -> int:
-        batch = self._take_batch()
-        if self._forward:
-            forward, self._forward = self._forward, []
-            await publish(forward)
-        if not batch.out:
-            return 0
-        if batch.dirty:
-            fence = (self.partitions.fence(k[0] for k in batch.dirty)
-                     if self.partitions is not None else None)
-            try:
-                docs, reported = self._rows(batch)
-                # The commit runs in a thread so this loop keeps reading requests meanwhile.
-                await asyncio.to_thread(self.registry.save_shadows, docs, reported, fence)
-            except Exception:
-                log.exception("shadow batch of %d documents failed to commit",
-                              len(batch.dirty))
-                self.stats["failed_batches"] += 1
-                for key, before in batch.dirty.items():
-                    if before is None:
-                        self.shadows.pop(key, None)
-                    else:
-                        self.shadows[key] = before
-                now = int(self.clock())
-                failed = [
-                    Outgoing(topic, dumps(error_payload(internal_error(token), now)))
-                    for topic, token in batch.rejections_on_failure
-                ]
-                await publish(failed)
-                return len(failed)
+    async def _commit(self, batch: _Batch) -> list[Outgoing]:
+        """Write the batch; returns what to publish: its answers, or if the commit failed
+        (the batch's shadows restored to their durable state) a 500 for each request."""
+        if not batch.dirty:
+            return self._in_order(batch.out)
+        fence = (self.partitions.fence(k[0] for k in batch.dirty)
+                 if self.partitions is not None else None)
+        try:
+            docs, reported = self._rows(batch)
+            # The commit runs in a thread so this loop keeps reading requests meanwhile.
+            await asyncio.to_thread(self.registry.save_shadows, docs, reported, fence)
+        except Exception:
+            log.exception("shadow batch of %d documents failed to commit", len(batch.dirty))
+            self.stats["failed_batches"] += 1
+            for key, before in batch.dirty.items():
+                if before is None:
+                    self.shadows.pop(key, None)
+                else:
+                    self.shadows[key] = before
+            batch.events.clear()
+            now = int(self.clock())
+            return [Outgoing(topic, dumps(error_payload(internal_error(token), now)))
+                    for topic, token in batch.rejections_on_failure]
         self.stats["batches"] += 1
-        await publish(batch.out)
+        return self._in_order(batch.out)
+
+    @staticmethod
+    def _in_order(out: list[Outgoing]) -> list[Outgoing]:
+        """Answers first (deltas, accepted to a requester: QoS 1), then what no requester
+        waits for (/documents, the engine's own /accepted: QoS 0); each in its order."""
+        return [m for m in out if m.qos] + [m for m in out if not m.qos]
+
+    async def _answer(self, batch: _Batch, answers: list[Outgoing], publish: Publisher) -> int:
+        await publish(answers)
         for event in batch.events:
             self.events.emit(event)
-        return len(batch.out)
+        return len(answers)
 
     async def run(self, publish: Publisher, stop: asyncio.Event) -> None:
         """Flush every ``flush_interval_ms`` while there is work, until ``stop``."""

@@ -1,0 +1,169 @@
+"""The service's bulk MQTT paths, under paho's connection handling.
+
+paho spends most of its time per message on objects the service never looks at: a
+``publish`` builds an ``MQTTMessage`` and an ``MQTTMessageInfo`` (with a
+``threading.Condition``) and queues one packet; a PUBACK decodes a reason code and a
+``Properties``; an incoming PUBLISH builds another ``MQTTMessage``. In a 100,000-thing
+fan-out those were 40% of the service's CPU (py-spy, ``bench/fanout.py``). Here:
+
+- :func:`queue_publishes` encodes a run of PUBLISH packets into one buffer, queued as one
+  write; each QoS 1 message still takes a paho message id and an entry in paho's
+  ``_out_messages`` (a slotted :class:`_Sent`), so PUBACKs, the id span that
+  ``MqttSession`` paces on, and its resume-after-disconnect work as before.
+- :func:`install` makes paho's packet dispatch take PUBACKs and QoS 0/1 PUBLISHes of an
+  MQTT 3.1.1 connection directly (the message goes straight to the handler); anything
+  else (QoS 2, MQTT 5, CONNACK, SUBACK, pings) goes to paho's own code.
+
+Both lean on paho 2.x internals (``_out_packet``, ``_out_messages``, ``_packet_queue``,
+``_in_packet``), as ``MqttSession`` already did; the integration tests run them against a
+real mosquitto.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from fleet_tui.service.outbox import Outgoing
+
+log = logging.getLogger(__name__)
+PUBLISH, PUBACK = 0x30, 0x40
+_MID = struct.Struct("!H")
+
+
+class _NoInfo:
+    """What paho calls on a message's info when its PUBACK comes: nothing to wake here."""
+
+    __slots__ = ()
+
+    def _set_as_published(self) -> None:
+        pass
+
+
+class _Sent:
+    """A QoS 1 message awaiting its PUBACK, as paho's ``_out_messages`` needs it (paho
+    reads ``qos`` and ``info`` on the ack; ``timestamp``/``state``/``dup`` on a CONNACK)."""
+
+    __slots__ = ("dup", "mid", "state", "timestamp")
+    qos = 1
+    retain = False
+    info = _NoInfo()
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self.timestamp = 0.0
+        self.state = mqtt.mqtt_ms_wait_for_puback
+        self.dup = False
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -> list[int]:
+    """Queue ``messages`` as one write. Returns each one's message id, in order (ids are
+    drawn for QoS 0 too, as paho does); stops early (fewer ids) at a QoS 1 message whose id
+    is still outstanding, the case paho answers ``MQTT_ERR_QUEUE_SIZE``. A topic with a
+    wildcard is skipped with an error logged (paho would raise), its id 0.
+
+    The write carries its first message's id, so while any of it is unwritten
+    ``MqttSession``'s resume point is at or before that message."""
+    out = paho._out_messages
+    buf = bytearray()
+    mids: list[int] = []
+    props = b"\x00" if v5 else b""
+    with paho._out_message_mutex:
+        for m in messages:
+            topic = m.topic.encode()
+            if b"+" in topic or b"#" in topic or len(topic) > 65535:
+                log.error("publish to %r refused (not a topic name); skipped", m.topic)
+                mids.append(0)
+                continue
+            payload = m.payload
+            mid = paho._mid_generate()
+            if m.qos:
+                if mid in out:
+                    paho._last_mid = mid - 1 if mid > 1 else 65535  # not drawn after all
+                    break
+                out[mid] = _Sent(mid)
+                paho._inflight_messages += 1
+                head = _MID.pack(mid) + props
+                buf.append(PUBLISH | 0x02 | (0x01 if m.retain else 0))
+            else:
+                head = props
+                buf.append(PUBLISH | (0x01 if m.retain else 0))
+            buf += _varint(2 + len(topic) + len(head) + len(payload))
+            buf += _MID.pack(len(topic))
+            buf += topic
+            buf += head
+            buf += payload
+            mids.append(mid)
+    first = next((mid for mid in mids if mid), 0)
+    if buf:
+        # Queued as a QoS 1 packet: paho then writes it without the QoS 0 bookkeeping
+        # (an info to mark published); the acks are per message id, as above.
+        paho._packet_queue(PUBLISH, buf, first, 1)
+    return mids
+
+
+def install(paho: Any, handler: Callable[[str, bytes], None]) -> Callable[[], None]:
+    """Take PUBACKs and QoS 0/1 PUBLISHes of ``paho``'s MQTT 3.1.1 connection directly
+    (``handler(topic, payload)`` per message, its exceptions logged). Returns the undo."""
+    original = paho._packet_handle
+    out = paho._out_messages
+    lock = paho._out_message_mutex
+    success = mqtt.MQTT_ERR_SUCCESS
+
+    def handle() -> Any:
+        packet = paho._in_packet
+        command = packet["command"]
+        kind = command & 0xF0
+        data = packet["packet"]
+        if paho._manual_ack:
+            return original()
+        if kind == PUBACK and len(data) == 2 and paho.on_publish is None:
+            with lock:
+                sent = out.pop((data[0] << 8) | data[1], None)
+                if sent is not None:
+                    paho._inflight_messages -= 1
+            if sent is not None:
+                sent.info._set_as_published()  # a paho message's waiters, if any
+            return success
+        qos = (command >> 1) & 0x03
+        if kind != PUBLISH or qos == 2 or len(data) < 2:
+            return original()
+        end = 2 + ((data[0] << 8) | data[1])
+        if end == 2 or len(data) < end + 2 * qos:
+            return original()  # paho reports the malformed packet
+        try:
+            topic = data[2:end].decode()
+        except UnicodeDecodeError:
+            return original()
+        mid = 0
+        if qos:
+            mid = (data[end] << 8) | data[end + 1]
+            end += 2
+        try:
+            handler(topic, bytes(data[end:]))
+        except Exception:  # one bad message must never stop the service
+            log.exception("handler failed for %s", topic)
+        if qos:
+            return paho._send_puback(mid)
+        return success
+
+    paho._packet_handle = handle
+
+    def undo() -> None:
+        if paho.__dict__.get("_packet_handle") is handle:
+            del paho._packet_handle
+
+    return undo
