@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -242,6 +243,31 @@ class JobStore:
                 EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk))))]
         out.sort(key=lambda e: e.seq)
         return out
+
+    def start_next(self, conn: Connection, job_id: str, n: int, now: float,
+                   allow: Callable[[str], bool] | None = None
+                   ) -> list[tuple[str, dict[str, Any] | None]]:
+        """:meth:`release` with ``start`` for a job the shadow carries, returning only what
+        its engine needs, (device, per-device params) in ``seq`` order: a 100k fan-out
+        spent 70% of its release time building full rows (and decoding a JSON ``null``
+        per row) that it read two fields of."""
+        if allow is not None or not conn.dialect.update_returning:
+            return [(e.device_id, e.params)
+                    for e in self.release(conn, job_id, n, now, start=True, allow=allow)]
+        if n <= 0:
+            return []
+        waiting = (EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
+                   EXECUTION.c.notified_at.is_(None))
+        pending = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(EXECUTION.c.seq)
+        marked = conn.execute(EXECUTION.update().where(
+            *waiting, EXECUTION.c.device_id.in_(pending.limit(n))).values(
+                notified_at=now, updated_at=now, status=IN_PROGRESS, started_at=now,
+                version_number=EXECUTION.c.version_number + 1)
+            .returning(EXECUTION.c.device_id, EXECUTION.c.seq,
+                       sa.cast(EXECUTION.c.params, sa.Text)))
+        rows = sorted(marked, key=lambda r: r[1])
+        return [(r[0], None if r[2] is None or r[2] == "null" else orjson.loads(r[2]))
+                for r in rows]
 
     def transition(self, conn: Connection, job_id: str, device_ids: Sequence[str],
                    from_states: Iterable[str], to: str, now: float, *,

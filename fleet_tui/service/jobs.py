@@ -271,15 +271,15 @@ class JobsEngine:
                     continue
                 soak = JobSettings.from_dict(job.settings).soak_s
                 for e in self.registry.jobs.executions(job.id, status=[IN_PROGRESS], conn=conn):
-                    self.watch[e.device_id] = Watch(job.id, self._target_of(job, e),
+                    self.watch[e.device_id] = Watch(job.id, self._target_of(job, e.params),
                                                     e.started_at or now, soak)
                     self._redrive_at(now, e.device_id)
         self.dirty.update(self.watch)
         return len(self.watch)
 
     @staticmethod
-    def _target_of(job: JobRow, e: ExecutionRow) -> str:
-        return str((e.params or {}).get("release") or job.document["release"])
+    def _target_of(job: JobRow, params: dict[str, Any] | None) -> str:
+        return str((params or {}).get("release") or job.document["release"])
 
     def _desired_for(self, version: str) -> dict[str, Any]:
         release = self.registry.get_release(version)
@@ -542,31 +542,39 @@ class JobsEngine:
             allow = self.release_gate(conn, job, now) if self.release_gate else None
             capped = budget > result.release_left
             budget = min(budget, result.release_left)
-            released = store.release(conn, job.id, budget, now, start=shadow, allow=allow)
+            if shadow:
+                started = store.start_next(conn, job.id, budget, now, allow=allow)
+                self._start_watching(job, started, settings.soak_s, now, result)
+                n = len(started)
+            else:
+                released = store.release(conn, job.id, budget, now, start=False, allow=allow)
+                result.out.extend(self._notify_next(e, job, now) for e in released)
+                n = len(released)
             # Another tick at once only if the cap, not the queue, stopped this release
             # (else a job with nothing left to release would tick back to back).
-            result.more = result.more or (capped and len(released) == budget)
-            result.release_left -= len(released)
-            if released:
+            result.more = result.more or (capped and n == budget)
+            result.release_left -= n
+            if n:
                 result.changed_jobs.add(job.id)
-            desired: dict[str, dict[str, Any]] = {}
-            for e in released:
-                if shadow:
-                    target = self._target_of(job, e)
-                    self.watch[e.device_id] = Watch(job.id, target, now, settings.soak_s,
-                                                    driven_at=now)
-                    self._redrive_at(now + self.settings.jobs.redrive_s, e.device_id)
-                    if target not in desired:
-                        desired[target] = self._desired_for(target)
-                    result.desired[e.device_id] = desired[target]
-                else:
-                    result.out.append(self._notify_next(e, job, now))
         idle = not any(counts.get(s, 0) for s in ACTIVE_STATES)
         if idle and job.id not in result.changed_jobs and store.set_status(
                 conn, job.id, JOB_COMPLETED, "", now, only_from=[JOB_IN_PROGRESS]):
             self.registry.audit.append(conn, "engine", "system", "job.complete", job.id,
                                        {"counts": counts}, ts=now)
             result.changed_jobs.add(job.id)
+
+    def _start_watching(self, job: JobRow, started: Sequence[tuple[str, dict[str, Any] | None]],
+                        soak_s: float, now: float, result: TickResult) -> None:
+        """Watch the firmware executions just started; their desired OTA state goes out
+        with the tick's result."""
+        desired: dict[str, dict[str, Any]] = {}
+        for device, params in started:
+            target = self._target_of(job, params)
+            self.watch[device] = Watch(job.id, target, now, soak_s, driven_at=now)
+            self._redrive_at(now + self.settings.jobs.redrive_s, device)
+            if target not in desired:
+                desired[target] = self._desired_for(target)
+            result.desired[device] = desired[target]
 
     # ------------------------------------------------------------ device API
 
