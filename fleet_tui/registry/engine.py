@@ -51,9 +51,11 @@ _WRITERS_LOCK = threading.Lock()
 def sqlite_writer(engine: Engine) -> Iterator[None]:
     """This process's writers to one SQLite database take turns on a lock of their own
     before BEGIN IMMEDIATE. SQLite's busy handler polls, sleeping up to 100 ms between
-    tries, so a writer blocked by another (the engine's tick and the shadow commits, in a
-    fan-out) started that much after the lock came free; a waiter here starts at once.
-    Other processes still wait in SQLite's busy timeout. No-op elsewhere."""
+    tries, and a writer that commits and begins again soon (the engine's tick, the shadow
+    commits, in a fan-out) wins again and again: a writer waiting out 300 ms transactions
+    began a median 291 ms (at worst 774 ms) after the lock came free; with this lock, 0.6 ms
+    (measured with two threads, the one that waits and one that holds 300 ms then 20 ms
+    off). Other processes still wait in SQLite's busy timeout. No-op elsewhere."""
     if engine.dialect.name != "sqlite":
         yield
         return

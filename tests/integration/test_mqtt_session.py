@@ -66,3 +66,101 @@ async def test_a_batch_cut_by_a_broker_restart_resumes_on_the_next_connection(
     assert indexes == list(range(resume, N))
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def _collect(broker: Mosquitto, filters: list[tuple[str, int]], got: list[tuple[str, bytes]]
+                   ) -> MqttClient:
+    client = await MqttClient.connect(broker.host, broker.port, "collector",
+                                      on_message=lambda t, p: got.append((t, bytes(p))))
+    await asyncio.wait_for(client.subscribe(filters), 10)
+    return client
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["v311", "v5"])
+async def test_bulk_publishes_arrive_byte_exact_and_in_order(
+        mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture, mqtt5: bool) -> None:
+    """publish_many writes runs of PUBLISH packets itself (service/mqtt_wire.py): every
+    remaining-length size (1 to 3 bytes), QoS 0 and 1, retain, a non-ASCII topic, an
+    empty payload; a wildcard topic is refused alone. Every QoS 1 id is acknowledged."""
+    got: list[tuple[str, bytes]] = []
+    reader = await _collect(mosquitto, [("wire/#", 1)], got)
+    stop = asyncio.Event()
+    session = MqttSession(mosquitto.host, mosquitto.port, "wire", [], lambda t, p: None,
+                          mqtt5=mqtt5)
+    task = asyncio.create_task(session.run(stop))
+    await asyncio.wait_for(session.connected.wait(), 10)
+    sizes = [0, 1, 100, 127, 128, 1000, 16_371, 16_384, 70_000, 200_000]
+    batch = [Outgoing(f"wire/{i:04d}/{'dévice-ü' if i % 7 == 0 else 'd'}",
+                      bytes((i + j) % 251 for j in range(sizes[i % len(sizes)])),
+                      qos=i % 2, retain=i % 5 == 0)
+             for i in range(600)]
+    bad = Outgoing("wire/+/nope", b"x")
+    assert await session.publish_many([*batch[:300], bad, *batch[300:]]) == 601
+    await _wait_for(lambda: len(got) >= len(batch))
+    assert got == [(m.topic, m.payload) for m in batch]
+    assert any("not a topic name" in r.getMessage() for r in caplog.records)
+    paho = session.client._client  # type: ignore[union-attr]
+    await _wait_for(lambda: not paho._out_messages)
+    assert not paho._out_messages and paho._inflight_messages == 0
+    # The retained ones are the broker's now, as sent (an empty one clears, as MQTT says).
+    again: list[tuple[str, bytes]] = []
+    late = await _collect(mosquitto, [("wire/#", 0)], again)
+    retained = {m.topic: m.payload for m in batch if m.retain and m.payload}
+    await _wait_for(lambda: len(again) >= len(retained))
+    assert dict(again) == retained
+    for client in (reader, late):
+        await client.disconnect()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_requests_reach_the_handler_once_and_are_acknowledged(
+        mosquitto: Mosquitto) -> None:
+    """Incoming QoS 0/1 PUBLISHes skip paho's message objects (service/mqtt_wire.py): the
+    handler sees each one in order, a handler error stops nothing, and QoS 1 requests are
+    acknowledged: a persistent session that reconnects gets none of them again."""
+    got: list[tuple[str, bytes]] = []
+
+    def handler(topic: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise ValueError("a bad request")
+        got.append((topic, payload))
+
+    async def connect() -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop = asyncio.Event()
+        session = MqttSession(mosquitto.host, mosquitto.port, "requests", ["req/#"], handler,
+                              session_expiry_s=300)
+        task = asyncio.create_task(session.run(stop))
+        await asyncio.wait_for(session.connected.wait(), 10)
+        return stop, task
+
+    stop, task = await connect()
+    device = await MqttClient.connect(mosquitto.host, mosquitto.port, "device",
+                                      on_message=lambda t, p: None)
+    sent = []
+    for i in range(300):
+        topic, payload = f"req/{i:03d}/ü", (b"boom" if i == 10 else b"r" * (i * 37))
+        device.publish(topic, payload, qos=i % 2)
+        if payload != b"boom":
+            sent.append((topic, payload))
+    await device.wait_unacked(10)
+    await _wait_for(lambda: len(got) >= len(sent))
+    assert got == sent
+    await asyncio.sleep(0.5)  # the service's PUBACKs reach the broker
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    got.clear()
+    stop, task = await connect()  # same id, persistent: unacked ones would return
+    device.publish("req/after", b"fresh", qos=1)
+    await device.wait_unacked(10)
+    await _wait_for(lambda: ("req/after", b"fresh") in got)
+    assert got == [("req/after", b"fresh")]
+    await device.disconnect()
+    stop.set()
+    await asyncio.wait_for(task, 10)

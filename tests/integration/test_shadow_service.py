@@ -219,3 +219,32 @@ async def test_service_speaks_mqtt_5_or_3_1_1_as_configured(
                                             "clientToken": "v-1"})
         _, accepted = await dev.wait_for(on("/update/accepted", "v-1"))
         assert accepted["version"] == 1
+
+
+async def test_a_burst_commits_in_sealed_batches_answered_in_order(
+    mosquitto: Mosquitto, registry: Registry
+) -> None:
+    """A burst larger than ``max_batch_docs`` (a fan-out's desired writes) commits in steps,
+    each step answered while the next commits: every delta goes out once its document is
+    stored, one thing's successive versions in order across the batches."""
+    settings = settings_for(mosquitto.url, "unused", max_batch_docs=50)
+    async with running_service(settings, registry) as svc, \
+            peer(mosquitto.url, [T.shadow("+", "", "update", "delta")]) as dev:
+        batches = svc.shadows.stats["batches"]
+        for i in range(400):
+            svc.shadows.handle_internal(f"burst-{i:03d}", {
+                "state": {"desired": {"target_version": "2.4.1", "n": i}},
+                "clientToken": f"engine-{i}"})
+            if i % 40 == 0:  # one thing written again and again, across the batches
+                svc.shadows.handle_internal("burst-again", {
+                    "state": {"desired": {"n": i}}, "clientToken": f"again-{i}"})
+        await dev.wait_for(lambda t, p: len(dev.received("/delta")) == 410, timeout=30)
+        assert svc.shadows.stats["batches"] - batches >= 8
+        again = [p for t, p in dev.inbox if "/burst-again/" in t]
+        assert [p["state"]["n"] for p in again] == list(range(0, 400, 40))
+        assert [p["version"] for p in again] == list(range(1, 11))
+        for i in (0, 199, 399):
+            stored = registry.get_shadow(f"burst-{i:03d}")
+            assert stored is not None and stored["state"]["desired"]["n"] == i
+        stored = registry.get_shadow("burst-again")
+        assert stored is not None and stored["version"] == 10
