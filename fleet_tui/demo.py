@@ -7,6 +7,7 @@ the console. Quitting the console stops everything it started, by handle and pid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import http.server
@@ -294,6 +295,32 @@ def register(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    with demo_environment(args, settings) as run:
+    with demo_environment(args, settings) as run, quit_on_hangup(run.app):
         run.app.run(headless=args.headless)
     return 0
+
+
+@contextlib.contextmanager
+def quit_on_hangup(app: Any) -> Iterator[None]:
+    """A closed terminal (SIGHUP: the SSH session dropped) or a kill (SIGTERM) quits the
+    console as ``q`` does, so the demo's broker and simulator stop with it; by default
+    either signal ended the process at once and left both running. A second signal, or
+    one before the console runs, exits at once (the ``finally`` blocks still run)."""
+    asked: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()  # the console's, on this (the main) thread
+        except RuntimeError:
+            loop = None
+        if loop is None or asked:
+            raise SystemExit(128 + signum)
+        asked.append(signum)
+        loop.call_soon_threadsafe(app.exit)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

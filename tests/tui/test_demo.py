@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,38 @@ def test_demo_starts_headless_and_shuts_down_cleanly(broker: str, tmp_path: Path
     assert not alive(int(broker_pid)) and not alive(int(sim_pid))
     assert not Path(workdir).exists()
     assert f"stopped the simulator, the service and the {broker} broker" in proc.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["hangup", "term"])
+def test_a_closed_terminal_stops_the_demo_and_its_children(sig: int, tmp_path: Path) -> None:
+    """An SSH session that drops sends SIGHUP: the console quits as with `q`, and the
+    broker and simulator it started do not live on."""
+    env = {**os.environ, "FLEET_TUI_CONFIG": str(tmp_path / "none.toml")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet_tui.cli", "demo", "--headless", "--exit-after", "120",
+         "--devices", "20", "--broker-impl", "mosquitto"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        started = None
+        deadline = time.monotonic() + 60
+        while started is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            started = re.search(r"broker mosquitto pid (\d+) on \S+, simulator pid (\d+) "
+                                r"\(20 devices\), workdir (\S+)", line)
+        assert started is not None
+        broker_pid, sim_pid, workdir = int(started[1]), int(started[2]), started[3]
+        time.sleep(2)  # the console is up
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopped the simulator, the service and the mosquitto broker" in out, err[-2000:]
+    assert not alive(broker_pid) and not alive(sim_pid)
+    assert not Path(workdir).exists()
 
 
 @pytest.mark.slow
