@@ -21,12 +21,15 @@ from fleet_tui.domain.jobs import (
     QUEUED,
     TERMINAL_STATES,
 )
+from fleet_tui.registry.bulk_load import bulk_insert
 from fleet_tui.registry.errors import NotFound
 from fleet_tui.registry.models import Job, JobExecution
 
 JOB = Job.__table__  # type: ignore[attr-defined]
 EXECUTION = JobExecution.__table__  # type: ignore[attr-defined]
 CHUNK = 5000  # rows per executemany / IN list
+_INSERT_COLUMNS = ("job_id", "device_id", "status", "seq", "attempt", "version_number",
+                   "skip_reason", "params", "queued_at", "updated_at", "finished_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +103,14 @@ class JobStore:
             raise Conflict(f"job {job['id']!r} already exists")
         conn.execute(JOB.insert().values(**job))
         now = job["created_at"]
-        rows = [{"job_id": job["id"], "device_id": e.device_id, "status": e.status,
-                 "seq": i, "attempt": 0, "version_number": 1, "skip_reason": e.skip_reason,
-                 "params": dict(e.params) if e.params else None, "queued_at": now,
-                 "updated_at": now,
-                 "finished_at": now if e.status in TERMINAL_STATES else None}
-                for i, e in enumerate(executions)]
-        for chunk in _chunks(rows):
-            conn.execute(EXECUTION.insert(), list(chunk))
+        # bulk_insert: SQLAlchemy's per-row parameters (and a json.dumps of each params
+        # null) were half of creating a 100k-device job, 1.5 s, before any device heard.
+        job_id = job["id"]
+        bulk_insert(conn, EXECUTION, _INSERT_COLUMNS, [
+            (job_id, e.device_id, e.status, i, 0, 1, e.skip_reason,
+             orjson.dumps(dict(e.params)).decode() if e.params else None, now, now,
+             now if e.status in TERMINAL_STATES else None)
+            for i, e in enumerate(executions)])
 
     # ------------------------------------------------------------------ reading
 
