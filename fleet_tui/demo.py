@@ -295,32 +295,43 @@ def register(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    with demo_environment(args, settings) as run, quit_on_hangup(run.app):
+    with HangupQuits() as hangup, demo_environment(args, settings) as run:
+        hangup.console = run.app
         run.app.run(headless=args.headless)
+        hangup.stopping = True  # the teardown below stops everything; let it
     return 0
 
 
-@contextlib.contextmanager
-def quit_on_hangup(app: Any) -> Iterator[None]:
+class HangupQuits:
     """A closed terminal (SIGHUP: the SSH session dropped) or a kill (SIGTERM) quits the
     console as ``q`` does, so the demo's broker and simulator stop with it; by default
-    either signal ended the process at once and left both running. A second signal, or
-    one before the console runs, exits at once (the ``finally`` blocks still run)."""
-    asked: list[int] = []
+    either signal ended the process at once and left both running. Before the console
+    runs, or on a second signal, the process exits (its ``finally`` blocks still stop
+    what started); while the teardown runs, a signal is ignored: it stops everything."""
 
-    def handler(signum: int, _frame: Any) -> None:
+    def __init__(self) -> None:
+        self.console: Any = None
+        self.stopping = False
+        self._asked = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> HangupQuits:
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.stopping:
+            return
         try:
             loop = asyncio.get_running_loop()  # the console's, on this (the main) thread
         except RuntimeError:
             loop = None
-        if loop is None or asked:
+        if loop is None or self.console is None or self._asked:
             raise SystemExit(128 + signum)
-        asked.append(signum)
-        loop.call_soon_threadsafe(app.exit)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        self._asked = True
+        loop.call_soon_threadsafe(self.console.exit)

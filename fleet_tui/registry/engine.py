@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 # A connection execution option: this transaction will write (see write_transaction).
 WRITE_OPTION = "fleet_write"
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another
 
 
 def create_registry_engine(url: str) -> Engine:
@@ -27,7 +28,7 @@ def create_registry_engine(url: str) -> Engine:
         db = parsed.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
     engine = sa.create_engine(url, json_serializer=json_serializer, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -61,8 +62,14 @@ def sqlite_writer(engine: Engine) -> Iterator[None]:
         return
     with _WRITERS_LOCK:
         lock = _WRITERS.setdefault(engine, threading.RLock())
-    with lock:
+    # As long as SQLite's own busy timeout would have waited (connect_args above).
+    if not lock.acquire(timeout=BUSY_TIMEOUT_S):
+        raise TimeoutError(f"another writer of this process held the registry for "
+                           f"{BUSY_TIMEOUT_S:g} s")
+    try:
         yield
+    finally:
+        lock.release()
 
 
 @contextmanager

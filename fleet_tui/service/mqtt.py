@@ -20,6 +20,7 @@ from fleet_tui.service import mqtt_wire
 from fleet_tui.service.outbox import Outgoing
 
 log = logging.getLogger(__name__)
+PUBLISH = 0x30
 # aiomqtt warns on every publish beyond 10 awaiting their PUBACK; batches do that by design.
 _paho_log = logging.getLogger("fleet_tui.service.mqtt.client")
 _paho_log.setLevel(logging.ERROR)
@@ -235,6 +236,7 @@ class MqttSession:
                 mids += queued
                 sent += len(queued)
                 if len(queued) < len(chunk):  # a message id still outstanding
+                    await asyncio.sleep(0.002)  # let its PUBACK in, whatever the span says
                     await self._backpressure(paho, force=True)
                     continue
                 await asyncio.sleep(0)
@@ -305,7 +307,9 @@ def _first_pending(paho: Any, mids: Sequence[int]) -> int:
     """Index into ``mids`` (this connection's publishes, in order) of the first one paho
     still holds unwritten or unacknowledged; ``len(mids)`` if none."""
     pending = set(paho._out_messages)
-    pending.update(p["mid"] for p in paho._out_packet if p.get("mid"))
+    # Unwritten PUBLISHes only: a queued PUBACK's id is the broker's, not one of ours.
+    pending.update(p["mid"] for p in paho._out_packet
+                   if p.get("mid") and p["command"] & 0xF0 == PUBLISH)
     for i, mid in enumerate(mids[-65535:], max(0, len(mids) - 65535)):
         if mid in pending:
             return i

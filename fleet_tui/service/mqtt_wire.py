@@ -69,11 +69,27 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _refusal(m: Outgoing) -> tuple[bytes, bytes] | str:
+    """(topic, payload) as bytes, or why paho would have refused the message."""
+    try:
+        topic = m.topic.encode()
+    except (AttributeError, UnicodeEncodeError):
+        return "not a UTF-8 topic"
+    if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
+        return "not a topic name"
+    if not isinstance(m.payload, (bytes, bytearray)) or len(m.payload) > 268_435_455 - 65_542:
+        return "payload not bytes, or too large"
+    if m.qos not in (0, 1):
+        return f"QoS {m.qos!r} (this path sends 0 and 1)"
+    return topic, bytes(m.payload)
+
+
 def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -> list[int]:
     """Queue ``messages`` as one write. Returns each one's message id, in order (ids are
     drawn for QoS 0 too, as paho does); stops early (fewer ids) at a QoS 1 message whose id
-    is still outstanding, the case paho answers ``MQTT_ERR_QUEUE_SIZE``. A topic with a
-    wildcard is skipped with an error logged (paho would raise), its id 0.
+    is still outstanding, the case paho answers ``MQTT_ERR_QUEUE_SIZE``. A message paho
+    would refuse (a wildcard or empty topic, a payload not bytes) is skipped with an error
+    logged, its id 0: it is checked before it takes an id, so none is left unanswerable.
 
     The write carries its first message's id, so while any of it is unwritten
     ``MqttSession``'s resume point is at or before that message."""
@@ -83,12 +99,12 @@ def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -
     props = b"\x00" if v5 else b""
     with paho._out_message_mutex:
         for m in messages:
-            topic = m.topic.encode()
-            if b"+" in topic or b"#" in topic or len(topic) > 65535:
-                log.error("publish to %r refused (not a topic name); skipped", m.topic)
+            checked = _refusal(m)
+            if isinstance(checked, str):
+                log.error("publish to %r refused (%s); skipped", m.topic, checked)
                 mids.append(0)
                 continue
-            payload = m.payload
+            topic, payload = checked
             mid = paho._mid_generate()
             if m.qos:
                 if mid in out:

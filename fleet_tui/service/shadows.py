@@ -46,6 +46,7 @@ from fleet_tui.service.topics import ShadowTopic, Topics, valid_shadow_name, val
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (thing, shadow name; "" = classic)
+_DOCUMENTS = "/update/documents"
 Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
 
 
@@ -278,7 +279,10 @@ class ShadowService:
             prune_converged_desired=self.settings.prune_converged_desired,
         )
         self._touch(batch, key)
-        if topic.name == "" and "reported" in request["state"]:
+        # The registry mirrors reported state: written when the update changes it, or
+        # on the first write after a delete (the deleted document's mirror is cleared).
+        if topic.name == "" and ("reported" in request["state"]
+                                 or (entry is not None and not entry.exists)):
             batch.reported.add(topic.thing)
         self.shadows[key] = Entry(result.document, True, retry_key)
         self.stats["accepted"] += 1
@@ -350,8 +354,7 @@ class ShadowService:
             if entry is None:  # its partition was lost meanwhile: the fence refuses it
                 raise StaleOwner(f"{key[0]}: partition lost before its batch committed")
             docs.append((key[0], key[1], entry.doc.version, entry.stored_json()))
-            # The registry mirrors reported state: a desired-only write (a fan-out's OTA
-            # state) leaves it as it was.
+            # A desired-only write (a fan-out's OTA state) leaves the mirror as it was.
             if key[1] == "" and entry.exists and key[0] in batch.reported:
                 reported[key[0]] = entry.doc.reported
         return docs, reported
@@ -378,11 +381,11 @@ class ShadowService:
                 answers = await self._commit(batch)
                 if publishing is not None:
                     previous, publishing = publishing, None
-                    sent += await previous
+                    sent += await self._answered(previous)
                 publishing = asyncio.create_task(self._answer(batch, answers, publish))
         finally:
             if publishing is not None:
-                sent += await publishing
+                sent += await self._answered(publishing)
             self._flushing = False
         return sent
 
@@ -414,9 +417,20 @@ class ShadowService:
 
     @staticmethod
     def _in_order(out: list[Outgoing]) -> list[Outgoing]:
-        """Answers first (deltas, accepted to a requester: QoS 1), then what no requester
-        waits for (/documents, the engine's own /accepted: QoS 0); each in its order."""
-        return [m for m in out if m.qos] + [m for m in out if not m.qos]
+        """Answers and deltas first, then ``/documents`` (no requester waits for those),
+        each topic's messages in their order (a thing's /accepted versions stay in turn)."""
+        return ([m for m in out if not m.topic.endswith(_DOCUMENTS)]
+                + [m for m in out if m.topic.endswith(_DOCUMENTS)])
+
+    @staticmethod
+    async def _answered(task: asyncio.Task[int]) -> int:
+        """A batch's publishing, done; one that failed must not keep the next committed
+        batch from being answered."""
+        try:
+            return await task
+        except Exception:
+            log.exception("publishing a committed batch's answers failed")
+            return 0
 
     async def _answer(self, batch: _Batch, answers: list[Outgoing], publish: Publisher) -> int:
         await publish(answers)

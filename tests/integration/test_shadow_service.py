@@ -248,3 +248,26 @@ async def test_a_burst_commits_in_sealed_batches_answered_in_order(
             assert stored is not None and stored["state"]["desired"]["n"] == i
         stored = registry.get_shadow("burst-again")
         assert stored is not None and stored["version"] == 10
+
+
+async def test_a_deleted_shadows_mirror_is_cleared_by_the_next_desired_write(
+    mosquitto: Mosquitto, registry: Registry
+) -> None:
+    """Desired-only writes leave the registry's mirror of reported state alone, except the
+    first write after a delete: the deleted document's reported attributes go."""
+    settings = settings_for(mosquitto.url, "unused")
+    async with running_service(settings, registry), \
+            peer(mosquitto.url, [T.shadow(THING, "", "+", "+")]) as dev:
+        await dev.publish(T.shadow(THING), {"state": {"reported": {"color": "RED"}},
+                                            "clientToken": "r1"})
+        await dev.wait_for(on("/update/accepted", "r1"))
+        await dev.publish(T.shadow(THING), {"state": {"desired": {"color": "BLUE"}},
+                                            "clientToken": "d1"})
+        await dev.wait_for(on("/update/accepted", "d1"))
+        assert registry.device_ids(where='color = "RED"') == [THING]
+        await dev.publish(T.shadow(THING, op="delete"), {"clientToken": "x1"})
+        await dev.wait_for(on("/delete/accepted", "x1"))
+        await dev.publish(T.shadow(THING), {"state": {"desired": {"color": "GREEN"}},
+                                            "clientToken": "d2"})
+        await dev.wait_for(on("/update/accepted", "d2"))
+    assert registry.device_ids(where="has(color)") == []
