@@ -7,8 +7,8 @@ in order). Every response of a batch (``/accepted``,
 ``/delta``, ``/documents``, ``/rejected`` and ``get`` answers) is held until that batch has
 committed, so nothing is acknowledged before it is durable; a crash loses only requests not
 yet answered, which the devices retry (their clientToken never got an answer). If a commit
-fails, the batch's shadows are restored to their last durable state and every request of
-the batch is answered 500.
+fails, the batch and every later one (applied on top of it in memory) are undone: their
+shadows go back to their last durable state and their requests are answered 500.
 """
 
 from __future__ import annotations
@@ -390,8 +390,8 @@ class ShadowService:
         return sent
 
     async def _commit(self, batch: _Batch) -> list[Outgoing]:
-        """Write the batch; returns what to publish: its answers, or if the commit failed
-        (the batch's shadows restored to their durable state) a 500 for each request."""
+        """Write the batch; returns what to publish: its answers, or if the commit failed a
+        500 for each request of it and of every later batch (see _fail)."""
         if not batch.dirty:
             return self._in_order(batch.out)
         fence = (self.partitions.fence(k[0] for k in batch.dirty)
@@ -402,18 +402,32 @@ class ShadowService:
             await asyncio.to_thread(self.registry.save_shadows, docs, reported, fence)
         except Exception:
             log.exception("shadow batch of %d documents failed to commit", len(batch.dirty))
-            self.stats["failed_batches"] += 1
-            for key, before in batch.dirty.items():
+            return self._fail(batch)
+        self.stats["batches"] += 1
+        return self._in_order(batch.out)
+
+    def _fail(self, batch: _Batch) -> list[Outgoing]:
+        """The batch did not commit. The batches after it (sealed, and the open one) were
+        applied on top of it in memory, so they fail with it: every shadow they touched
+        goes back to its durable state (newest batch first, so the oldest one's "before"
+        is what stays) and each request that changed or read one is answered 500 (devices
+        resend)."""
+        failed = [batch, *self._sealed, self._batch]
+        self._sealed.clear()
+        self._batch = _Batch()
+        self.stats["failed_batches"] += len(failed)
+        for b in reversed(failed):
+            for key, before in b.dirty.items():
                 if before is None:
                     self.shadows.pop(key, None)
                 else:
                     self.shadows[key] = before
-            batch.events.clear()
-            now = int(self.clock())
-            return [Outgoing(topic, dumps(error_payload(internal_error(token), now)))
-                    for topic, token in batch.rejections_on_failure]
-        self.stats["batches"] += 1
-        return self._in_order(batch.out)
+        batch.events.clear()
+        now = int(self.clock())
+        # Requests rejected on their own (400, 409, ...) changed nothing: still answered.
+        return [m for b in failed for m in b.out if m.topic.endswith("/rejected")] + [
+            Outgoing(topic, dumps(error_payload(internal_error(token), now)))
+            for b in failed for topic, token in b.rejections_on_failure]
 
     @staticmethod
     def _in_order(out: list[Outgoing]) -> list[Outgoing]:

@@ -4,6 +4,7 @@ on SQLite and on PostgreSQL), AWS's example documents."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,3 +272,43 @@ async def test_a_deleted_shadows_mirror_is_cleared_by_the_next_desired_write(
                                             "clientToken": "d2"})
         await dev.wait_for(on("/update/accepted", "d2"))
     assert registry.device_ids(where="has(color)") == []
+
+
+async def test_a_failed_commit_undoes_its_batch_and_every_later_one(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A batch that cannot commit (here a trigger refuses one of its rows) takes the
+    batches applied after it in memory down too: nothing is answered accepted that is not
+    stored, each such request gets a 500, and memory matches the registry again."""
+    registry = Registry.open(f"sqlite:///{tmp_path / 'fail.db'}")
+    with registry.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON shadow WHEN NEW.thing_id = 'burst-010' "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    settings = settings_for(mosquitto.url, "unused", max_batch_docs=50)
+    async with running_service(settings, registry) as svc, \
+            peer(mosquitto.url, [T.shadow("+", "", "update", "+")]) as dev:
+        for i in range(120):  # three batches: the first fails, two were applied after it
+            svc.shadows.handle_internal(f"burst-{i:03d}", {
+                "state": {"desired": {"n": i}}, "clientToken": f"engine-{i}"})
+            if i % 40 == 0:  # a thing in each batch, on top of its own earlier write
+                svc.shadows.handle_internal("burst-again", {
+                    "state": {"desired": {"n": i}}, "clientToken": f"again-{i}"})
+        await dev.wait_for(lambda t, p: len(dev.received("/rejected")) == 123, timeout=30)
+        await asyncio.sleep(0.5)
+        assert {p["code"] for p in dev.received("/rejected")} == {500}
+        assert dev.received("/accepted") == [] and dev.received("/delta") == []
+        assert svc.shadows.stats["failed_batches"] == 3
+        for thing in [f"burst-{i:03d}" for i in range(120)] + ["burst-again"]:
+            assert svc.shadows.document(thing) is None
+            assert registry.get_shadow(thing) is None
+        # The store works again: the next write is stored and answered.
+        with registry.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        svc.shadows.handle_internal("burst-010", {"state": {"desired": {"n": 10}},
+                                                  "clientToken": "engine-again"})
+        _, accepted = await dev.wait_for(on("/update/accepted", "engine-again"))
+        assert accepted["version"] == 1
+        stored = registry.get_shadow("burst-010")
+        assert stored is not None and stored["version"] == 1
+    registry.close()
