@@ -76,6 +76,20 @@ def _execution(r: Any) -> ExecutionRow:
                         r.started_at, r.finished_at, r.updated_at)
 
 
+def _release_parts(job_id: str, now: float, start: bool
+                   ) -> tuple[tuple[Any, ...], sa.Select[Any], dict[str, Any]]:
+    """A release's filter (QUEUED, not yet told), its picking order (``seq``) and the
+    values it marks (told now; with ``start``, IN_PROGRESS as well)."""
+    waiting = (EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
+               EXECUTION.c.notified_at.is_(None))
+    pending = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(EXECUTION.c.seq)
+    values: dict[str, Any] = {"notified_at": now, "updated_at": now}
+    if start:
+        values.update(status=IN_PROGRESS, started_at=now,
+                      version_number=EXECUTION.c.version_number + 1)
+    return waiting, pending, values
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -217,13 +231,7 @@ class JobStore:
         (maintenance windows) skips devices that may not start now: they stay queued."""
         if n <= 0:
             return []
-        waiting = (EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
-                   EXECUTION.c.notified_at.is_(None))
-        pending = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(EXECUTION.c.seq)
-        values: dict[str, Any] = {"notified_at": now, "updated_at": now}
-        if start:
-            values.update(status=IN_PROGRESS, started_at=now,
-                          version_number=EXECUTION.c.version_number + 1)
+        waiting, pending, values = _release_parts(job_id, now, start)
         if allow is None and conn.dialect.update_returning:
             # One statement picks, marks and returns them (SQLite >= 3.35, PostgreSQL): no
             # id lists bound back and forth, a third of a 100k fan-out's release time.
@@ -259,13 +267,9 @@ class JobStore:
                     for e in self.release(conn, job_id, n, now, start=True, allow=allow)]
         if n <= 0:
             return []
-        waiting = (EXECUTION.c.job_id == job_id, EXECUTION.c.status == QUEUED,
-                   EXECUTION.c.notified_at.is_(None))
-        pending = sa.select(EXECUTION.c.device_id).where(*waiting).order_by(EXECUTION.c.seq)
+        waiting, pending, values = _release_parts(job_id, now, start=True)
         marked = conn.execute(EXECUTION.update().where(
-            *waiting, EXECUTION.c.device_id.in_(pending.limit(n))).values(
-                notified_at=now, updated_at=now, status=IN_PROGRESS, started_at=now,
-                version_number=EXECUTION.c.version_number + 1)
+            *waiting, EXECUTION.c.device_id.in_(pending.limit(n))).values(**values)
             .returning(EXECUTION.c.device_id, EXECUTION.c.seq,
                        sa.cast(EXECUTION.c.params, sa.Text)))
         rows = sorted(marked, key=lambda r: r[1])

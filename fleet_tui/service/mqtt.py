@@ -20,7 +20,6 @@ from fleet_tui.service import mqtt_wire
 from fleet_tui.service.outbox import Outgoing
 
 log = logging.getLogger(__name__)
-PUBLISH = 0x30
 # aiomqtt warns on every publish beyond 10 awaiting their PUBACK; batches do that by design.
 _paho_log = logging.getLogger("fleet_tui.service.mqtt.client")
 _paho_log.setLevel(logging.ERROR)
@@ -309,7 +308,7 @@ def _first_pending(paho: Any, mids: Sequence[int]) -> int:
     pending = set(paho._out_messages)
     # Unwritten PUBLISHes only: a queued PUBACK's id is the broker's, not one of ours.
     pending.update(p["mid"] for p in paho._out_packet
-                   if p.get("mid") and p["command"] & 0xF0 == PUBLISH)
+                   if p.get("mid") and p["command"] & 0xF0 == mqtt_wire.PUBLISH)
     for i, mid in enumerate(mids[-65535:], max(0, len(mids) - 65535)):
         if mid in pending:
             return i

@@ -412,7 +412,7 @@ class ShadowService:
         goes back to its durable state (newest batch first, so the oldest one's "before"
         is what stays) and each request that changed or read one is answered 500 (devices
         resend)."""
-        failed = [batch, *self._sealed, self._batch]
+        failed = [batch, *self._sealed, *([self._batch] if self._batch.out else [])]
         self._sealed.clear()
         self._batch = _Batch()
         self.stats["failed_batches"] += len(failed)
