@@ -24,10 +24,13 @@ from fleet_tui.domain.jobs import (
 from fleet_tui.registry.bulk_load import bulk_insert
 from fleet_tui.registry.errors import NotFound
 from fleet_tui.registry.models import Job, JobExecution
+from fleet_tui.registry.sqlite_batch import dumps as batch_json
+from fleet_tui.registry.sqlite_batch import fetch_rows, json_rows, json_values, unindexed
 
 JOB = Job.__table__  # type: ignore[attr-defined]
 EXECUTION = JobExecution.__table__  # type: ignore[attr-defined]
 CHUNK = 5000  # rows per executemany / IN list
+_JSON_COLUMNS = ("status_details", "params")
 _INSERT_COLUMNS = ("job_id", "device_id", "status", "seq", "attempt", "version_number",
                    "skip_reason", "params", "queued_at", "updated_at", "finished_at")
 
@@ -76,6 +79,11 @@ def _execution(r: Any) -> ExecutionRow:
                         r.started_at, r.finished_at, r.updated_at)
 
 
+def _execution_of(values: Sequence[Any]) -> ExecutionRow:
+    """An execution from a :func:`fetch_rows` row of every column, in table order."""
+    return ExecutionRow(**dict(zip(_ROW_FIELDS, values, strict=True)))
+
+
 def _release_parts(job_id: str, now: float, start: bool
                    ) -> tuple[tuple[Any, ...], sa.Select[Any], dict[str, Any]]:
     """A release's filter (QUEUED, not yet told), its picking order (``seq``) and the
@@ -90,6 +98,13 @@ def _release_parts(job_id: str, now: float, start: bool
     return waiting, pending, values
 
 
+def _by_device(job_id: str, states: Sequence[str]) -> tuple[Any, ...]:
+    """A job's executions in ``states``, for SQLite statements keyed by a batch of devices:
+    probed through the device index, one per device (see sqlite_batch.unindexed)."""
+    return (unindexed(EXECUTION.c.job_id) == job_id,
+            unindexed(EXECUTION.c.status).in_(list(states)))
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -101,6 +116,10 @@ class NewExecution:
     status: str  # QUEUED or SKIPPED
     skip_reason: str | None = None
     params: Mapping[str, Any] | None = None
+
+
+_ROW_FIELDS = tuple(EXECUTION.c.keys())
+assert set(_ROW_FIELDS) == set(ExecutionRow.__slots__)
 
 
 class JobStore:
@@ -232,6 +251,13 @@ class JobStore:
         if n <= 0:
             return []
         waiting, pending, values = _release_parts(job_id, now, start)
+        if conn.dialect.name == "sqlite":
+            ids = [r[0] for r in self._mark_sqlite(conn, job_id, waiting, n, values, allow)]
+            rows = fetch_rows(conn, sa.select(EXECUTION).where(
+                unindexed(EXECUTION.c.job_id) == job_id,
+                EXECUTION.c.device_id.in_(json_values("ids"))),
+                _JSON_COLUMNS, {"ids": batch_json(ids)}) if ids else []
+            return sorted((_execution_of(r) for r in rows), key=lambda e: e.seq)
         if allow is None and conn.dialect.update_returning:
             # One statement picks, marks and returns them (SQLite >= 3.35, PostgreSQL): no
             # id lists bound back and forth, a third of a 100k fan-out's release time.
@@ -262,11 +288,15 @@ class JobStore:
         its engine needs, (device, per-device params) in ``seq`` order: a 100k fan-out
         spent 70% of its release time building full rows (and decoding a JSON ``null``
         per row) that it read two fields of."""
+        if n <= 0:
+            return []
+        if conn.dialect.name == "sqlite":
+            waiting, _, values = _release_parts(job_id, now, start=True)
+            return [(r[0], r[2]) for r in self._mark_sqlite(conn, job_id, waiting, n, values, allow,
+                                                            EXECUTION.c.params)]
         if allow is not None or not conn.dialect.update_returning:
             return [(e.device_id, e.params)
                     for e in self.release(conn, job_id, n, now, start=True, allow=allow)]
-        if n <= 0:
-            return []
         waiting, pending, values = _release_parts(job_id, now, start=True)
         marked = conn.execute(EXECUTION.update().where(
             *waiting, EXECUTION.c.device_id.in_(pending.limit(n))).values(**values)
@@ -275,6 +305,26 @@ class JobStore:
         rows = sorted(marked, key=lambda r: r[1])
         return [(r[0], None if r[2] is None or r[2] == "null" else orjson.loads(r[2]))
                 for r in rows]
+
+    @staticmethod
+    def _mark_sqlite(conn: Connection, job_id: str, waiting: tuple[Any, ...], n: int,
+                     values: dict[str, Any], allow: Callable[[str], bool] | None,
+                     *extra: Any) -> list[list[Any]]:
+        """SQLite's release: the next ``n`` waiting executions (that ``allow`` lets start)
+        as [device, seq, *extra] in ``seq`` order, read in one step before they are
+        marked in one statement (see sqlite_batch: no step per row)."""
+        pick = sa.select(EXECUTION.c.device_id, EXECUTION.c.seq, *extra).where(*waiting)
+        if allow is None:
+            pick = pick.order_by(EXECUTION.c.seq).limit(n)
+        rows = sorted(fetch_rows(conn, pick, _JSON_COLUMNS), key=lambda r: r[1])
+        if allow is not None:
+            rows = [r for r in rows if allow(r[0])][:n]
+        if rows:
+            conn.execute(EXECUTION.update().where(
+                *_by_device(job_id, [QUEUED]), EXECUTION.c.notified_at.is_(None),
+                EXECUTION.c.device_id.in_(json_values("ids"))).values(**values),
+                {"ids": batch_json([r[0] for r in rows])})
+        return rows
 
     def transition(self, conn: Connection, job_id: str, device_ids: Sequence[str],
                    from_states: Iterable[str], to: str, now: float, *,
@@ -291,6 +341,14 @@ class JobStore:
             values["started_at"] = now
         if details is not None:
             values["status_details"] = dict(details)
+        if conn.dialect.name == "sqlite" and device_ids:
+            where = (*_by_device(job_id, froms), EXECUTION.c.device_id.in_(json_values("ids")))
+            batch = {"ids": batch_json(list(device_ids))}
+            moved = [r[0] for r in fetch_rows(
+                conn, sa.select(EXECUTION.c.device_id).where(*where), params=batch)]
+            if moved:
+                conn.execute(EXECUTION.update().where(*where).values(**values), batch)
+            return moved
         for chunk in _chunks(list(device_ids)):
             where = (EXECUTION.c.job_id == job_id, EXECUTION.c.device_id.in_(list(chunk)),
                      EXECUTION.c.status.in_(froms))
@@ -314,7 +372,13 @@ class JobStore:
     def set_details(self, conn: Connection, job_id: str,
                     details: Mapping[str, Mapping[str, Any]], now: float) -> None:
         """Progress notes (e.g. ``ota_status``) of in-progress executions, batched."""
-        if details:
+        if details and conn.dialect.name == "sqlite":
+            r = json_rows("b_dev", "b_details").subquery()
+            conn.execute(EXECUTION.update().where(
+                *_by_device(job_id, [IN_PROGRESS]), EXECUTION.c.device_id == r.c.b_dev
+            ).values(status_details=r.c.b_details, updated_at=now),
+                {"rows": batch_json([(d, dict(v)) for d, v in details.items()])})
+        elif details:
             conn.execute(
                 EXECUTION.update().where(EXECUTION.c.job_id == job_id,
                                          EXECUTION.c.device_id == sa.bindparam("b_dev"),
@@ -381,6 +445,14 @@ class JobStore:
         """(device, new status, details) for executions still in ``from_state``, in one
         executemany: a wave of 100k devices finishing must not cost 100k round trips."""
         if not results:
+            return
+        if conn.dialect.name == "sqlite":
+            r = json_rows("b_dev", "b_status", "b_details").subquery()
+            conn.execute(EXECUTION.update().where(*_by_device(job_id, [from_state]),
+                                                  EXECUTION.c.device_id == r.c.b_dev).values(
+                    status=r.c.b_status, status_details=r.c.b_details, finished_at=now,
+                    updated_at=now, version_number=EXECUTION.c.version_number + 1),
+                {"rows": batch_json([(d, st, dict(info)) for d, st, info in results])})
             return
         stmt = (EXECUTION.update()
                 .where(EXECUTION.c.job_id == job_id,

@@ -64,6 +64,8 @@ from fleet_tui.registry.models import (
     Tag,
 )
 from fleet_tui.registry.rollouts_store import RolloutStore
+from fleet_tui.registry.sqlite_batch import dumps as batch_json
+from fleet_tui.registry.sqlite_batch import json_rows
 
 DEVICE = Device.__table__  # type: ignore[attr-defined]
 TAG = Tag.__table__  # type: ignore[attr-defined]
@@ -421,6 +423,10 @@ class Registry:
         ids = sorted(rows)
         if presence:
             self._ensure_devices(conn, sorted({d for d, _, _ in presence}))
+        if self.dialect == "sqlite":  # one statement, not a step per row (sqlite_batch)
+            conn.execute(_JSON_INGEST_UPDATE, {"rows": batch_json(
+                [[rows[d][k] for k in _INGEST_FIELDS] for d in ids])})
+            return None
         conn.execute(_INGEST_UPDATE, [rows[d] for d in ids])
         return None
 
@@ -1161,15 +1167,8 @@ def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str],
 
 # SQLite statements that take a whole batch as one JSON array parameter ``rows`` (each
 # element an array of column values) and unpack it in C with json_each: per-row
-# parameter binding cost more than the writes themselves on the shadow service's path.
-
-def _json_rows(*names: str) -> sa.Select[Any]:
-    rows = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
-    return sa.select(*(
-        sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'")).label(name)
-        for i, name in enumerate(names)
-    )).select_from(rows).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT
-
+# parameter binding cost more than the writes themselves on the shadow service's path
+# (and see sqlite_batch on the GIL).
 
 def _json_statements() -> tuple[Any, Any, Any, Any]:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -1178,7 +1177,7 @@ def _json_statements() -> tuple[Any, Any, Any, Any]:
     delete_reported = TAG.delete().where(
         TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(sa.select(ids.c.value))
     )
-    ver = _json_rows("b_id", "b_fw", "b_key", "b_hw").subquery()
+    ver = json_rows("b_id", "b_fw", "b_key", "b_hw").subquery()
     update_versions = (
         DEVICE.update()
         .where(DEVICE.c.id == ver.c.b_id)
@@ -1189,10 +1188,10 @@ def _json_statements() -> tuple[Any, Any, Any, Any]:
         )
     )
     ensure = sqlite_insert(DEVICE).from_select(
-        ["id", "online", "created_at"], _json_rows("id", "online", "created_at")
+        ["id", "online", "created_at"], json_rows("id", "online", "created_at")
     ).on_conflict_do_nothing()
     cols = ["thing_id", "name", "version", "document", "updated_at"]
-    shadows = sqlite_insert(SHADOW).from_select(cols, _json_rows(*cols))
+    shadows = sqlite_insert(SHADOW).from_select(cols, json_rows(*cols))
     upsert = shadows.on_conflict_do_update(
         index_elements=["thing_id", "name"],
         set_={c: getattr(shadows.excluded, c) for c in ("version", "document", "updated_at")},
@@ -1223,3 +1222,18 @@ _INGEST_UPDATE = DEVICE.update().where(DEVICE.c.id == sa.bindparam("b_id")).valu
                        sa.bindparam("b_tel", type_=DEVICE.c.telemetry.type)),
                       else_=DEVICE.c.telemetry),
 )
+_INGEST_FIELDS = ("b_id", "b_p", "b_online", "b_ts", "b_h", "b_health", "b_tel")
+
+
+def _json_ingest_update() -> Any:
+    """_INGEST_UPDATE over one JSON array of rows (SQLite; see sqlite_batch)."""
+    r = json_rows(*_INGEST_FIELDS).subquery()
+    return DEVICE.update().where(DEVICE.c.id == r.c.b_id).values(
+        online=sa.case((r.c.b_p != 0, r.c.b_online != 0), else_=DEVICE.c.online),
+        last_seen=sa.case((r.c.b_p != 0, r.c.b_ts), else_=DEVICE.c.last_seen),
+        health=sa.case((r.c.b_h != 0, r.c.b_health), else_=DEVICE.c.health),
+        telemetry=sa.case((r.c.b_h != 0, r.c.b_tel), else_=DEVICE.c.telemetry),
+    )
+
+
+_JSON_INGEST_UPDATE = _json_ingest_update()

@@ -167,3 +167,30 @@ async def test_requests_reach_the_handler_once_and_are_acknowledged(
     await device.disconnect()
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_a_burst_read_at_once_is_handled_without_waiting_for_more(
+        mosquitto: Mosquitto) -> None:
+    """The session reads the socket in large chunks (service/mqtt_wire.py) and paho takes
+    only a few packets per read callback on an idle connection: a burst that arrived in
+    one read is handled in full at once, not when the next packet (a ping, a minute
+    later) makes the socket readable again."""
+    got: list[str] = []
+    stop = asyncio.Event()
+    session = MqttSession(mosquitto.host, mosquitto.port, "burst", ["burst/#"],
+                          lambda t, p: got.append(t), keepalive=60)
+    task = asyncio.create_task(session.run(stop))
+    await asyncio.wait_for(session.connected.wait(), 10)
+    device = await MqttClient.connect(mosquitto.host, mosquitto.port, "burster",
+                                      on_message=lambda t, p: None)
+    for rounds in range(3):  # bursts of QoS 0 and 1 into a connection idle in between
+        topics = [f"burst/{rounds}/{i:03d}" for i in range(200)]
+        for i, topic in enumerate(topics):
+            device.publish(topic, b"x" * (i % 50), qos=i % 2)
+        want = 200 * (rounds + 1)
+        await _wait_for(lambda: len(got) >= want, timeout=5)  # noqa: B023
+        assert got[-200:] == topics
+    await device.wait_unacked(10)
+    await device.disconnect()
+    stop.set()
+    await asyncio.wait_for(task, 10)
