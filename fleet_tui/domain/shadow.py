@@ -188,7 +188,20 @@ def parse_request(
     a payload over ``limits.max_payload_bytes``, 415 for bytes that are not UTF-8, 400 for
     anything malformed (see :func:`validate_request`). Errors after the token is read echo it.
     """
-    return _validate(_decode(payload, limits), limits)[0]
+    request, depth = _validate(_decode(payload, limits), limits)
+    return _Checked(request, limits, depth)
+
+
+class _Checked(dict[str, Json]):
+    """A request :func:`parse_request` validated against ``limits``: ``apply_update`` with
+    the same limits need not walk it again."""
+
+    __slots__ = ("depth", "limits")
+
+    def __init__(self, request: dict[str, Json], limits: ShadowLimits, depth: int) -> None:
+        super().__init__(request)
+        self.limits = limits
+        self.depth = depth
 
 
 def parse_client_token(
@@ -455,12 +468,12 @@ def stored_in_sync(data: Mapping[str, Json]) -> bool:
     return not _delta(desired, reported if type(reported) is dict else {}, {})[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per update, and its __init__ costs a setattr per field
 class ShadowUpdate:
     """The outcome of an accepted update: the new document and the payloads to publish.
 
     ``accepted`` goes to ``/update/accepted``, ``delta`` (``None`` when nothing is to be
-    published) to ``/update/delta``, ``documents`` to ``/update/documents``.
+    published) to ``/update/delta``, ``documents`` to ``/update/documents``. Read-only.
     """
 
     document: ShadowDocument
@@ -604,7 +617,11 @@ class ShadowDocument:
         With ``prune_converged_desired`` the desired keys that reported now matches are
         dropped from the stored document (off by default: AWS keeps desired state).
         """
-        req, request_depth = _validate(request, limits)
+        req: dict[str, Json]
+        if type(request) is _Checked and request.limits is limits:
+            req, request_depth = request, request.depth
+        else:
+            req, request_depth = _validate(request, limits)
         token: str | None = req.get("clientToken")
         if "version" in req and req["version"] != self._version:
             raise ShadowError(409, MSG_VERSION_CONFLICT, token)

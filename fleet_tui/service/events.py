@@ -13,22 +13,25 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Not frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, and
+# every shadow update makes an event); nothing changes one after it is made.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class ShadowChanged:
     thing: str
     name: str
     documents: dict[str, Any]  # the AWS update/documents payload (previous, current)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ShadowDeleted:
     thing: str
     name: str
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PresenceChanged:
     thing: str
     online: bool
@@ -36,7 +39,7 @@ class PresenceChanged:
     ts: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TelemetryReceived:
     thing: str
     health: str

@@ -46,7 +46,6 @@ from fleet_tui.service.topics import ShadowTopic, Topics, valid_shadow_name, val
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (thing, shadow name; "" = classic)
-_DOCUMENTS = "/update/documents"
 Publisher = Callable[[Sequence[Outgoing]], Awaitable[object]]
 
 
@@ -85,6 +84,7 @@ class Entry:
 class _Batch:
     dirty: dict[Key, Entry | None] = field(default_factory=dict)  # key -> durable entry before
     out: list[Outgoing] = field(default_factory=list)
+    documents: list[Outgoing] = field(default_factory=list)  # published after ``out``
     rejections_on_failure: list[tuple[str, str | None]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -286,16 +286,13 @@ class ShadowService:
             batch.reported.add(topic.thing)
         self.shadows[key] = Entry(result.document, True, retry_key)
         self.stats["accepted"] += 1
-        t = self.topics
-        batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "accepted"),
-                                  dumps(result.accepted), qos=accepted_qos))
-        batch.rejections_on_failure.append(
-            (t.shadow(topic.thing, topic.name, "update", "rejected"), token))
+        base = self.topics.shadow(topic.thing, topic.name, "update")
+        out = batch.out
+        out.append(Outgoing(f"{base}/accepted", dumps(result.accepted), accepted_qos))
+        batch.rejections_on_failure.append((f"{base}/rejected", token))
         if result.delta is not None:
-            batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "delta"),
-                                      dumps(result.delta)))
-        batch.out.append(Outgoing(t.shadow(topic.thing, topic.name, "update", "documents"),
-                                  dumps(result.documents), qos=0))
+            out.append(Outgoing(f"{base}/delta", dumps(result.delta)))
+        batch.documents.append(Outgoing(f"{base}/documents", dumps(result.documents), 0))
         batch.events.append(ShadowChanged(topic.thing, topic.name, result.documents))
         if len(batch.dirty) >= self.settings.max_batch_docs and batch is self._batch:
             self._sealed.append(batch)
@@ -393,7 +390,7 @@ class ShadowService:
         """Write the batch; returns what to publish: its answers, or if the commit failed a
         500 for each request of it and of every later batch (see _fail)."""
         if not batch.dirty:
-            return self._in_order(batch.out)
+            return batch.out + batch.documents
         fence = (self.partitions.fence(k[0] for k in batch.dirty)
                  if self.partitions is not None else None)
         try:
@@ -404,7 +401,7 @@ class ShadowService:
             log.exception("shadow batch of %d documents failed to commit", len(batch.dirty))
             return self._fail(batch)
         self.stats["batches"] += 1
-        return self._in_order(batch.out)
+        return batch.out + batch.documents  # no requester waits for /documents
 
     def _fail(self, batch: _Batch) -> list[Outgoing]:
         """The batch did not commit. The batches after it (sealed, and the open one) were
@@ -428,13 +425,6 @@ class ShadowService:
         return [m for b in failed for m in b.out if m.topic.endswith("/rejected")] + [
             Outgoing(topic, dumps(error_payload(internal_error(token), now)))
             for b in failed for topic, token in b.rejections_on_failure]
-
-    @staticmethod
-    def _in_order(out: list[Outgoing]) -> list[Outgoing]:
-        """Answers and deltas first, then ``/documents`` (no requester waits for those),
-        each topic's messages in their order (a thing's /accepted versions stay in turn)."""
-        return ([m for m in out if not m.topic.endswith(_DOCUMENTS)]
-                + [m for m in out if m.topic.endswith(_DOCUMENTS)])
 
     @staticmethod
     async def _answered(task: asyncio.Task[int]) -> int:

@@ -7,7 +7,7 @@ broker that refuses ``$`` topics (amqtt) only needs a different ``shadow_prefix`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # AWS IoT: thing and shadow names are letters, digits, ':', '_' and '-'.
 THING_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
@@ -15,21 +15,20 @@ SHADOW_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,64}$")
 SHADOW_OPS = ("update", "get", "delete")
 
 
-@dataclass(frozen=True, slots=True)
-class ShadowTopic:
+# Tuples: one is parsed per message, and a frozen dataclass's __init__ costs a setattr per
+# field.
+class ShadowTopic(NamedTuple):
     thing: str
     name: str  # "" for the classic shadow
     op: str  # update | get | delete
 
 
-@dataclass(frozen=True, slots=True)
-class FleetTopic:
+class FleetTopic(NamedTuple):
     thing: str
     kind: str  # presence | telemetry
 
 
-@dataclass(frozen=True, slots=True)
-class JobsTopic:
+class JobsTopic(NamedTuple):
     thing: str
     job_id: str | None  # None for notify-next/start-next/get
     op: str  # start-next | get | update | notify-next | list

@@ -929,3 +929,19 @@ def test_arbitrary_json_is_accepted_or_rejected_never_crashes(value: Any) -> Non
     except ShadowError as err:
         assert err.code in (400, 409, 413)
     assert doc.to_json() == before
+
+
+def test_a_parsed_request_is_checked_again_only_under_other_limits() -> None:
+    """parse_request's validation carries over to apply_update under the same limits;
+    under others (stricter ones) the request is checked again."""
+    loose = ShadowLimits(max_client_token=200)
+    raw = orjson.dumps({"state": {"reported": {"a": {"b": 1}}}, "clientToken": "t" * 100})
+    parsed = parse_request(raw, loose)
+    assert parsed == {"state": {"reported": {"a": {"b": 1}}}, "clientToken": "t" * 100}
+    assert orjson.dumps(parsed) == raw
+    doc = ShadowDocument.empty()
+    assert doc.apply_update(parsed, NOW, loose).accepted == \
+        doc.apply_update(dict(parsed), NOW, loose).accepted
+    with pytest.raises(ShadowError) as err:
+        doc.apply_update(parsed, NOW, DEFAULT_LIMITS)
+    assert err.value.code == 400 and err.value.message == "Invalid clientToken"
