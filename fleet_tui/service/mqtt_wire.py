@@ -13,7 +13,7 @@ fan-out those were 40% of the service's CPU (py-spy, ``bench/fanout.py``). Here:
 - :func:`install` makes paho's packet dispatch take PUBACKs and QoS 0/1 PUBLISHes of an
   MQTT 3.1.1 connection directly (the message goes straight to the handler); anything
   else (QoS 2, MQTT 5, CONNACK, SUBACK, pings) goes to paho's own code. It also reads the
-  socket in 64 KiB chunks (paho asks the kernel three times per packet: its first byte,
+  socket in 16 KiB chunks (paho asks the kernel three times per packet: its first byte,
   its length, its body) and queues the PUBACKs of one read as one write (paho queues and
   sends each alone): with a fan-out's 300,000 packets each way, system calls were a third
   of the machine's CPU and the queued PUBACKs held back ``MqttSession``'s publishing.
@@ -37,13 +37,13 @@ from fleet_tui.service.outbox import Outgoing
 log = logging.getLogger(__name__)
 PUBLISH, PUBACK = 0x30, 0x40
 _MID = struct.Struct("!H")
-_READ_SIZE = 65536
+_READ_SIZE = 16384  # a read callback handles at most this beyond paho's own share
 
 
 class _Reader:
     """paho's ``_sock_recv``, served from one large read of the socket at a time."""
 
-    __slots__ = ("data", "paho", "pos", "recv", "sock")
+    __slots__ = ("data", "paho", "pos", "recv", "refill", "sock")
 
     def __init__(self, paho: Any, recv: Callable[[int], bytes]) -> None:
         self.paho = paho
@@ -51,6 +51,7 @@ class _Reader:
         self.sock: Any = None
         self.data = b""
         self.pos = 0
+        self.refill = True  # False: serve what is buffered, as if the socket had no more
 
     @property
     def pending(self) -> bool:
@@ -61,6 +62,8 @@ class _Reader:
         data, pos = self.data, self.pos
         if pos >= len(data) or self.sock is not self.paho._sock:
             self.data, self.pos = b"", 0
+            if not self.refill:
+                raise BlockingIOError  # paho keeps the part of a packet it has
             data = self.recv(_READ_SIZE)  # BlockingIOError when there is nothing
             if not data:
                 return b""  # the connection closed
@@ -183,14 +186,18 @@ def install(paho: Any, handler: Callable[[str, bytes], None]) -> Callable[[], No
             acks.clear()
 
     def loop_read(max_packets: int = 1) -> Any:
-        # paho stops after a few packets; what is left in the buffer must not wait for
-        # the socket to become readable again.
+        # paho stops after max_packets packets; what is left in the buffer must not wait
+        # for the socket to become readable again. It is handled without reading more, so
+        # a call does paho's share of work plus at most one buffer: a flood of requests
+        # cannot keep the event loop (publishing, keep-alive) waiting.
         try:
             rc = original_read(max_packets)
+            reader.refill = False
             while rc == success and reader.pending:
                 rc = original_read(max_packets)
             return rc
         finally:
+            reader.refill = True
             send_acks()
 
     def handle() -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,58 @@ async def test_a_burst_read_at_once_is_handled_without_waiting_for_more(
     await device.disconnect()
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+def test_one_read_callback_handles_paho_s_share_and_at_most_one_buffer_more() -> None:
+    """Under a flood the read callback must return to the event loop (publishing and
+    keep-alive run there): it handles what paho would, plus what is already buffered, and
+    does not read the socket again while draining. A real paho client reads a socket pair
+    that another thread keeps full."""
+    import socket
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from fleet_tui.service import mqtt_wire
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    got: list[str] = []
+    undo = mqtt_wire.install(client, lambda t, p: got.append(t))
+    body = (7).to_bytes(2, "big") + b"req/000" + b"x" * 20
+    packet = bytes([0x30, len(body)]) + body  # QoS 0 PUBLISH, 31 bytes
+    flood = packet * 4000
+    stop = threading.Event()
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                theirs.sendall(flood)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        _wait_readable(ours)
+        for _ in range(5):
+            before = len(got)
+            assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+            # paho's share on an idle connection is one packet; one buffer is 16 KiB.
+            assert 1 <= len(got) - before <= 1 + 16384 // len(packet) + 1
+        assert got and all(t == "req/000" for t in got)
+    finally:
+        stop.set()
+        undo()
+        while writer.is_alive():  # let its last sendall finish
+            with contextlib.suppress(BlockingIOError):
+                ours.recv(1 << 20)
+            writer.join(0.01)
+        theirs.close()
+        ours.close()
+
+
+def _wait_readable(sock: Any) -> None:
+    import select
+
+    select.select([sock], [], [], 5)
