@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from fleet_tui.config import Settings
 from fleet_tui.domain.shadow import ShadowDocument
@@ -16,6 +17,15 @@ from fleet_tui.registry.importer import import_fleet
 from fleet_tui.registry.registry import Registry
 from fleet_tui.tui.app import FleetApp
 from tests.conftest import BACKENDS, SAMPLE_DATA, _pg_database, pg_template_of
+
+
+@pytest.fixture(autouse=True)
+def steady_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A focused input's cursor stays shown instead of blinking every 0.5 s: a snapshot
+    taken more than half a second after the last key (a slow machine) caught it off, and
+    one frame in a run differed from the stored snapshot."""
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)
+
 
 CLOCK = 1_700_000_000.0
 CONVERGING_DEVICE = "esp32-000001"
