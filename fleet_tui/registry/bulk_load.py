@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from fleet_tui.domain.query import attribute_value, reported_attributes
 from fleet_tui.domain.version import is_version_field, version_key
 from fleet_tui.registry.models import SOURCE_OPERATOR, SOURCE_REPORTED, Device, Tag
+from fleet_tui.registry.sqlite_batch import json_rows
 
 DEVICE = Device.__table__  # type: ignore[attr-defined]
 TAG = Tag.__table__  # type: ignore[attr-defined]
@@ -115,11 +116,8 @@ def _json_insert(conn: Connection, table: sa.Table, columns: Sequence[str], rows
 
 @lru_cache(maxsize=64)
 def _json_insert_sql(dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]) -> str:
-    rows = sa.func.json_each(sa.bindparam("rows")).table_valued("value")
     # The JSON paths are constants of the statement; the rows stay one bound parameter.
-    picks = [sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'"))
-             for i in range(len(columns))]
-    stmt = table.insert().from_select(list(columns), sa.select(*picks).select_from(rows))
+    stmt = table.insert().from_select(list(columns), json_rows(*columns))
     return str(stmt.compile(dialect=dialect))
 
 

@@ -65,7 +65,7 @@ from fleet_tui.registry.models import (
 )
 from fleet_tui.registry.rollouts_store import RolloutStore
 from fleet_tui.registry.sqlite_batch import dumps as batch_json
-from fleet_tui.registry.sqlite_batch import json_rows
+from fleet_tui.registry.sqlite_batch import json_rows, json_values
 
 DEVICE = Device.__table__  # type: ignore[attr-defined]
 TAG = Tag.__table__  # type: ignore[attr-defined]
@@ -123,8 +123,7 @@ class _PageLookups:
         def among(col: sa.Column[Any]) -> ColumnElement[bool]:
             if dialect == "sqlite":
                 # A JSON array: one cached statement for any page size.
-                ids = sa.func.json_each(sa.bindparam("ids", type_=sa.String))
-                return col.in_(sa.select(ids.table_valued("value").c.value))
+                return col.in_(json_values("ids"))
             return col.in_(sa.bindparam("ids", expanding=True))
 
         return cls(
@@ -1173,9 +1172,8 @@ def _upsert(dialect: str, table: sa.Table, keys: list[str], update: list[str],
 def _json_statements() -> tuple[Any, Any, Any, Any]:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    ids = sa.func.json_each(sa.bindparam("rows", type_=sa.String)).table_valued("value")
     delete_reported = TAG.delete().where(
-        TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(sa.select(ids.c.value))
+        TAG.c.source == SOURCE_REPORTED, TAG.c.device_id.in_(json_values("rows"))
     )
     ver = json_rows("b_id", "b_fw", "b_key", "b_hw").subquery()
     update_versions = (
