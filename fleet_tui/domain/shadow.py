@@ -194,14 +194,16 @@ def parse_request(
 
 class _Checked(dict[str, Json]):
     """A request :func:`parse_request` validated against ``limits``: ``apply_update`` with
-    the same limits need not walk it again."""
+    the same limits need not walk it again. One request applied to many documents in the
+    same second (a release's desired OTA state) also shares its metadata stamps."""
 
-    __slots__ = ("depth", "limits")
+    __slots__ = ("depth", "limits", "stamped")
 
     def __init__(self, request: dict[str, Json], limits: ShadowLimits, depth: int) -> None:
         super().__init__(request)
         self.limits = limits
         self.depth = depth
+        self.stamped: tuple[dict[str, Json], dict[str, Json]] | None = None
 
 
 def parse_client_token(
@@ -230,8 +232,12 @@ def validate_request(
     object or has a key other than ``desired``/``reported``; a section that is neither an
     object nor ``null``; nesting deeper than ``limits.max_depth``; an array with a ``null``
     element (AWS rejects those) or a value that JSON cannot carry.
+
+    The result, applied with the same ``limits``, is not walked again: validate once a
+    request that many documents take.
     """
-    return _validate(request, limits)[0]
+    checked, depth = _validate(request, limits)
+    return _Checked(checked, limits, depth)
 
 
 def _client_token(doc: Mapping[str, Json], limits: ShadowLimits) -> str | None:
@@ -618,8 +624,11 @@ class ShadowDocument:
         dropped from the stored document (off by default: AWS keeps desired state).
         """
         req: dict[str, Json]
+        stamp: dict[str, Json] | None = None
         if type(request) is _Checked and request.limits is limits:
             req, request_depth = request, request.depth
+            if request.stamped is not None and request.stamped[0]["timestamp"] == now:
+                stamp, stamp_tree = request.stamped
         else:
             req, request_depth = _validate(request, limits)
         token: str | None = req.get("clientToken")
@@ -627,7 +636,11 @@ class ShadowDocument:
             raise ShadowError(409, MSG_VERSION_CONFLICT, token)
 
         state: dict[str, Json] = req["state"]
-        stamp = {"timestamp": now}  # one shared leaf: metadata is read-only by contract
+        if stamp is None:
+            stamp = {"timestamp": now}  # one shared leaf: metadata is read-only by contract
+            stamp_tree = _stamp_tree(state, stamp)
+            if type(request) is _Checked:
+                request.stamped = (stamp, stamp_tree)
         desired, desired_meta = self._desired, self._desired_meta
         reported, reported_meta = self._reported, self._reported_meta
         if "desired" in state:
@@ -675,7 +688,7 @@ class ShadowDocument:
 
         accepted: dict[str, Json] = {
             "state": state,
-            "metadata": _stamp_tree(state, stamp),
+            "metadata": stamp_tree,
             "version": new._version,
             "timestamp": now,
         }

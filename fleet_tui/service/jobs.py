@@ -294,10 +294,14 @@ class JobsEngine:
         """Write OTA desired state through the shadow service (its own batching and
         durability apply: the device gets its delta once the document is stored)."""
         token = f"fleet-engine-{_now_ms(self.clock())}"
+        requests: dict[int, dict[str, Any]] = {}  # a release shares one state per target
         for thing, ota in desired.items():
-            state = ota if ota is not None else dict.fromkeys(OTA_KEYS)
-            self.shadows.handle_internal(thing, {"state": {"desired": state},
-                                                 "clientToken": token})
+            request = requests.get(id(ota))
+            if request is None:
+                state = ota if ota is not None else dict.fromkeys(OTA_KEYS)
+                request = requests[id(ota)] = self.shadows.prepare(
+                    {"state": {"desired": state}, "clientToken": token})
+            self.shadows.handle_internal(thing, request)
 
     def _evaluate(self, thing: str, w: Watch, now: float
                   ) -> tuple[str, dict[str, Any]] | None:

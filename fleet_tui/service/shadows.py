@@ -36,6 +36,7 @@ from fleet_tui.domain.shadow import (
     parse_client_token,
     parse_request,
     too_many_requests_error,
+    validate_request,
 )
 from fleet_tui.registry.leases import StaleOwner
 from fleet_tui.registry.registry import Registry
@@ -226,6 +227,11 @@ class ShadowService:
             if err.client_token is None and token is not None:
                 err.client_token = token
             self._reject(batch, topic, err, now)
+
+    def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` validated once for :meth:`handle_internal` on many things (it is
+        not walked again per thing). Raises ShadowError as a device's request would."""
+        return validate_request(request, self.limits)
 
     def handle_internal(self, thing: str, request: dict[str, Any]) -> None:
         """An update of a classic shadow from inside the service (the job engine's desired

@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet_tui.service.mqtt import MqttSession
 from fleet_tui.service.outbox import Outgoing
@@ -251,3 +253,88 @@ def _wait_readable(sock: Any) -> None:
     import select
 
     select.select([sock], [], [], 5)
+
+
+def _publish(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
+    body = len(topic.encode()).to_bytes(2, "big") + topic.encode()
+    body += mid.to_bytes(2, "big") if qos else b""
+    body += payload
+    n, length = len(body), bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([0x30 | qos << 1]) + bytes(length) + body
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=40_000), min_size=1, max_size=12))
+def test_packets_split_anywhere_reach_the_handler_in_order_and_are_acknowledged(
+        cuts: list[int]) -> None:
+    """The read path takes whole PUBLISHes and PUBACKs straight from its buffer
+    (service/mqtt_wire.py) and leaves anything else, and a packet cut off by the end of a
+    read, to paho: whatever the socket delivers at a time, every message reaches the
+    handler once and in order, QoS 1 ones are acknowledged in that order, a PUBACK frees
+    its message id, and paho still takes the packets it handles itself (a PINGRESP)."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+
+    from fleet_tui.service import mqtt_wire
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(5)
+    client._sock = ours
+    client._ping_t = 1.0  # a ping was sent: the PINGRESP clears it
+    got: list[tuple[str, bytes]] = []
+    undo = mqtt_wire.install(client, lambda t, p: got.append((t, p)))
+    mids = mqtt_wire.queue_publishes(client, [Outgoing("out/a", b"1"), Outgoing("out/b", b"2")])
+    sent = theirs.recv(1 << 16)  # the two PUBLISHes the client wrote
+    assert sent and len(client._out_messages) == 2
+    want: list[tuple[str, bytes]] = []
+    acks = b""
+    stream = bytearray()
+    sizes = [0, 5, 120, 127, 128, 300, 16_383, 16_384, 20_000, 3]
+    for i, size in enumerate(sizes):
+        topic, payload, qos = f"req/{i}/é", bytes([65 + i]) * size, i % 2
+        stream += _publish(topic, payload, qos, 100 + i)
+        want.append((topic, payload))
+        if qos:
+            acks += bytes([0x40, 2, 0, 100 + i])
+        if i == 3:
+            stream += bytes([0x40, 2]) + mids[0].to_bytes(2, "big")  # PUBACK of out/a
+        if i == 6:
+            stream += bytes([0xD0, 0])  # PINGRESP: paho's
+    stream += bytes([0x40, 2]) + mids[1].to_bytes(2, "big")
+    try:
+        at = 0
+        for cut in [*cuts, len(stream)]:
+            chunk = stream[at:at + cut]
+            if not chunk:
+                break
+            at += len(chunk)
+            theirs.sendall(chunk)
+            _wait_readable(ours)
+            while True:  # every callback the event loop would make for what arrived
+                def progress() -> tuple[Any, ...]:
+                    return (len(got), client._in_packet["to_process"],
+                            len(client._out_messages), client._ping_t)
+
+                before = progress()
+                assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+                if progress() == before:
+                    break
+        assert got == want
+        assert client._out_messages == {} and client._ping_t == 0
+        client.loop_write()
+        received = b""
+        while len(received) < len(acks):
+            received += theirs.recv(1 << 16)
+        assert received == acks
+    finally:
+        undo()
+        theirs.close()
+        ours.close()
