@@ -506,6 +506,7 @@ class ShadowDocument:
         "_desired_meta",
         "_reported",
         "_reported_meta",
+        "_size",
         "_timestamp",
         "_version",
     )
@@ -531,6 +532,9 @@ class ShadowDocument:
         # Upper bound of the nesting depth, or None until needed: kept so that the depth
         # limit costs nothing per update (a merge cannot nest deeper than its inputs).
         self._depth: int | None = None
+        # Upper bound of the state's serialized size, or None until needed (see
+        # apply_update: the state is not serialized per update to check the size limit).
+        self._size: int | None = None
         self._delta_cache: tuple[dict[str, Json], dict[str, Json]] | None = None
 
     @classmethod
@@ -600,6 +604,11 @@ class ShadowDocument:
             "version": self._version,
         }
 
+    def _state_size(self) -> int:
+        if self._size is None:
+            self._size = len(orjson.dumps(_sections(self._desired, self._reported)))
+        return self._size
+
     def _depth_bound(self) -> int:
         if self._depth is None:
             self._depth = max(_section_depth(self._desired), _section_depth(self._reported))
@@ -662,9 +671,14 @@ class ShadowDocument:
         if prune_converged_desired and desired and reported:
             desired, desired_meta = _prune(desired, desired_meta, reported)
 
-        new_state = _sections(desired, reported)
+        # A merge adds at most the request's own size to the state's (each new key's comma
+        # is paid for by the request's braces and commas; deletes and pruning only shrink),
+        # so the result is serialized, cold in memory, only when that bound is over the
+        # limit; the bound carries on as the new document's.
         try:
-            size = len(orjson.dumps(new_state))
+            size = self._state_size() + len(orjson.dumps(state))
+            if size > limits.max_state_bytes:
+                size = len(orjson.dumps(_sections(desired, reported)))
         except orjson.JSONEncodeError:
             # Only reachable with a hand-built request (e.g. an int beyond 64 bits): the
             # decoder never produces what the encoder refuses.
@@ -689,6 +703,7 @@ class ShadowDocument:
             timestamp=now,
         )
         new._depth = depth
+        new._size = size
 
         accepted: dict[str, Json] = {
             "state": state,

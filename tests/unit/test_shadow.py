@@ -833,6 +833,29 @@ def test_no_accepted_document_ever_exceeds_the_limits(
 
 
 @PROPS
+@given(st.lists(REQUESTS, min_size=1, max_size=12), st.integers(40, 400))
+def test_the_size_limit_is_decided_on_the_exact_merged_state(
+    requests: list, max_bytes: int
+) -> None:
+    """The limit is checked against a running upper bound of the state's size, and the
+    merged state serialized only when that bound is over it: the verdict is still the
+    exact size's, 413 exactly when the merged state is over the limit."""
+    limits = ShadowLimits(max_state_bytes=max_bytes, max_depth=32)
+    doc = ShadowDocument.empty()
+    for i, request in enumerate(requests):
+        try:
+            exact = len(orjson.dumps(doc.apply_update(request, NOW + i, ROOMY).document.state))
+        except ShadowError:
+            continue  # invalid whatever the size
+        try:
+            doc = doc.apply_update(request, NOW + i, limits).document
+        except ShadowError as err:
+            assert err.code == 413 and exact > max_bytes
+            continue
+        assert exact <= max_bytes
+
+
+@PROPS
 @given(HISTORY, REQUESTS, st.one_of(st.none(), st.integers(0, 8)), st.integers(40, 300))
 def test_a_rejected_update_never_changes_the_document(
     history: list, request: dict, version: int | None, max_bytes: int
