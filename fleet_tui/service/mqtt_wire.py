@@ -120,6 +120,9 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+_LENGTHS = [_varint(n) for n in range(16384)]  # a PUBLISH's remaining length, 1-2 bytes
+
+
 def _refusal(m: Outgoing) -> tuple[bytes, bytes] | str:
     """(topic, payload) as bytes, or why paho would have refused the message."""
     try:
@@ -148,32 +151,44 @@ def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -
     buf = bytearray()
     mids: list[int] = []
     props = b"\x00" if v5 else b""
-    with paho._out_message_mutex:
+    lengths = _LENGTHS
+    # Ids are drawn as paho's _mid_generate does, under its lock, but once per run.
+    with paho._out_message_mutex, paho._mid_generate_mutex:
+        mid = paho._last_mid
         for m in messages:
-            checked = _refusal(m)
-            if isinstance(checked, str):
-                log.error("publish to %r refused (%s); skipped", m.topic, checked)
-                mids.append(0)
-                continue
-            topic, payload = checked
-            mid = paho._mid_generate()
-            if m.qos:
+            topic_s, payload, qos, retain = m
+            if type(payload) is bytes and (qos == 0 or qos == 1) and type(topic_s) is str \
+                    and topic_s.isascii() and 0 < len(topic_s) <= 65535 \
+                    and "+" not in topic_s and "#" not in topic_s \
+                    and len(payload) <= 268_435_455 - 65_542:
+                topic = topic_s.encode()  # the common case, checked without encoding twice
+            else:
+                checked = _refusal(m)
+                if isinstance(checked, str):
+                    log.error("publish to %r refused (%s); skipped", m.topic, checked)
+                    mids.append(0)
+                    continue
+                topic, payload = checked
+            mid = mid + 1 if mid < 65535 else 1
+            if qos:
                 if mid in out:
-                    paho._last_mid = mid - 1 if mid > 1 else 65535  # not drawn after all
+                    mid = mid - 1 if mid > 1 else 65535  # not drawn after all
                     break
                 out[mid] = _Sent(mid)
                 paho._inflight_messages += 1
                 head = _MID.pack(mid) + props
-                buf.append(PUBLISH | 0x02 | (0x01 if m.retain else 0))
+                buf.append(PUBLISH | 0x02 | (0x01 if retain else 0))
             else:
                 head = props
-                buf.append(PUBLISH | (0x01 if m.retain else 0))
-            buf += _varint(2 + len(topic) + len(head) + len(payload))
+                buf.append(PUBLISH | (0x01 if retain else 0))
+            n = 2 + len(topic) + len(head) + len(payload)
+            buf += lengths[n] if n < 16384 else _varint(n)
             buf += _MID.pack(len(topic))
             buf += topic
             buf += head
             buf += payload
             mids.append(mid)
+        paho._last_mid = mid
     first = next((mid for mid in mids if mid), 0)
     if buf:
         # Queued as a QoS 1 packet: paho then writes it without the QoS 0 bookkeeping
