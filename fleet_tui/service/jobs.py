@@ -108,6 +108,9 @@ class TickResult:
     duration_s: float = 0.0
     release_left: int = 0  # of this tick's release cap; 0 with more to release: tick again
     more: bool = False  # a release was cut short by the cap
+    # (job, executions started, soak): watched once the tick's transaction is over
+    to_watch: list[tuple[Any, Sequence[tuple[str, dict[str, Any] | None]], float]] = field(
+        default_factory=list)
 
 
 def _now_ms(now: float) -> int:
@@ -425,6 +428,9 @@ class JobsEngine:
                 self.rollouts.tick(conn, now, result)
             for participant in self.participants:
                 participant.tick(conn, now, result)
+        # Watched once their start has committed (and outside the registry's lock).
+        for job, started_now, soak_s in result.to_watch:
+            self._start_watching(job, started_now, soak_s, now, result)
         self.stats["ticks"] += 1
         result.duration_s = time.perf_counter() - started
         ms = result.duration_s * 1000
@@ -580,7 +586,7 @@ class JobsEngine:
             budget = min(budget, result.release_left)
             if shadow:
                 started = store.start_next(conn, job.id, budget, now, allow=allow)
-                self._start_watching(job, started, settings.soak_s, now, result)
+                result.to_watch.append((job, started, settings.soak_s))
                 n = len(started)
             else:
                 released = store.release(conn, job.id, budget, now, start=False, allow=allow)
