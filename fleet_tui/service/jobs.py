@@ -46,6 +46,7 @@ from fleet_tui.domain.jobs import (
     abort_reason,
     device_transition,
 )
+from fleet_tui.domain.shadow import ShadowError
 from fleet_tui.domain.version import VersionError, parse_version
 from fleet_tui.registry.jobs_store import ExecutionRow, JobRow
 from fleet_tui.registry.registry import NotFound, Registry
@@ -109,8 +110,8 @@ class TickResult:
     release_left: int = 0  # of this tick's release cap; 0 with more to release: tick again
     more: bool = False  # a release was cut short by the cap
     # (job, executions started, soak): watched once the tick's transaction is over
-    to_watch: list[tuple[Any, Sequence[tuple[str, dict[str, Any] | None]], float]] = field(
-        default_factory=list)
+    to_watch: list[tuple[Any, Sequence[tuple[str, dict[str, Any] | None]], float,
+                         dict[str, dict[str, Any]]]] = field(default_factory=list)
 
 
 def _now_ms(now: float) -> int:
@@ -143,6 +144,7 @@ class JobsEngine:
         self._redrive_due: list[tuple[float, str]] = []
         self.dirty: set[str] = set()
         self._ahead: asyncio.Future[TickResult] | None = None  # a release's next step
+        self._publish: Publisher | None = None
         self._job_types: dict[str, str] = {}
         self._last_cancel_scan = 0.0
         self._last_redrive_scan = 0.0
@@ -184,6 +186,7 @@ class JobsEngine:
         last_tick = 0.0
         last_lease = 0.0
         more = False
+        self._publish = publish
         self._wakeup.set()  # take the lease at once, not a quarter tick later
         # Stopping wakes the loop too: it may be waiting a quarter of a long tick.
         stopping = asyncio.create_task(stop.wait())
@@ -218,7 +221,7 @@ class JobsEngine:
                     log.exception("job engine step failed; retrying")
         finally:
             stopping.cancel()
-            await self._finish_ahead(publish if self.is_leader else None)
+            await self._finish_ahead(publish)
         if self.is_leader:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.registry.leases.release, LEASE, self.holder)
@@ -234,7 +237,10 @@ class JobsEngine:
             await asyncio.to_thread(self.load_watch)
         elif was and not self.is_leader:
             log.warning("job engine: lost the engine lease")
-            await self._finish_ahead(None)  # the new leader redrives what it released
+            # What it released is sent still (the same desired state twice is harmless):
+            # the lease is not checked inside a tick, so it may have committed after the
+            # new leader loaded its watch.
+            await self._finish_ahead(self._publish)
             self.watch.clear()
             self._soak_due.clear()
             self._redrive_due.clear()
@@ -334,8 +340,10 @@ class JobsEngine:
             request = requests.get(id(ota))
             if request is None:
                 state = ota if ota is not None else dict.fromkeys(OTA_KEYS)
-                request = requests[id(ota)] = self.shadows.prepare(
-                    {"state": {"desired": state}, "clientToken": token})
+                request = {"state": {"desired": state}, "clientToken": token}
+                with contextlib.suppress(ShadowError):  # then each write is refused alone
+                    request = self.shadows.prepare(request)
+                requests[id(ota)] = request
             self.shadows.handle_internal(thing, request)
 
     def _evaluate(self, thing: str, w: Watch, now: float
@@ -429,8 +437,8 @@ class JobsEngine:
             for participant in self.participants:
                 participant.tick(conn, now, result)
         # Watched once their start has committed (and outside the registry's lock).
-        for job, started_now, soak_s in result.to_watch:
-            self._start_watching(job, started_now, soak_s, now, result)
+        for job, started_now, soak_s, desired in result.to_watch:
+            self._start_watching(job, started_now, soak_s, desired, now, result)
         self.stats["ticks"] += 1
         result.duration_s = time.perf_counter() - started
         ms = result.duration_s * 1000
@@ -586,7 +594,11 @@ class JobsEngine:
             budget = min(budget, result.release_left)
             if shadow:
                 started = store.start_next(conn, job.id, budget, now, allow=allow)
-                result.to_watch.append((job, started, settings.soak_s))
+                # The releases' desired states are read here: a missing release rolls the
+                # start back rather than leave executions started and never driven.
+                targets = {self._target_of(job, params) for _, params in started}
+                result.to_watch.append((job, started, settings.soak_s,
+                                        {t: self._desired_for(t) for t in targets}))
                 n = len(started)
             else:
                 released = store.release(conn, job.id, budget, now, start=False, allow=allow)
@@ -606,16 +618,14 @@ class JobsEngine:
             result.changed_jobs.add(job.id)
 
     def _start_watching(self, job: JobRow, started: Sequence[tuple[str, dict[str, Any] | None]],
-                        soak_s: float, now: float, result: TickResult) -> None:
-        """Watch the firmware executions just started; their desired OTA state goes out
-        with the tick's result."""
-        desired: dict[str, dict[str, Any]] = {}
+                        soak_s: float, desired: dict[str, dict[str, Any]], now: float,
+                        result: TickResult) -> None:
+        """Watch the firmware executions just started; their desired OTA state (per target
+        release, in ``desired``) goes out with the tick's result."""
         for device, params in started:
             target = self._target_of(job, params)
             self.watch[device] = Watch(job.id, target, now, soak_s, driven_at=now)
             self._redrive_at(now + self.settings.jobs.redrive_s, device)
-            if target not in desired:
-                desired[target] = self._desired_for(target)
             result.desired[device] = desired[target]
 
     # ------------------------------------------------------------ device API

@@ -302,6 +302,8 @@ def install(paho: Any, handler: Callable[[str, bytes], None]) -> Callable[[], No
 
     def undo() -> None:
         send_acks()
+        reader.drain = None  # a reader kept for its unread bytes serves them to paho only
+        reader.refill = True
         for name, ours in (("_packet_handle", handle), ("loop_read", loop_read),
                            ("_sock_recv", reader)):
             if paho.__dict__.get(name) is ours and not (ours is reader and reader.pending):

@@ -162,6 +162,10 @@ async def test_a_release_over_the_per_tick_cap_goes_on_at_once_in_the_next_ticks
         assert [len(b) for b in by_tick] == [5, 5, 2]
         assert by_tick[0][-1] < by_tick[1][0] < by_tick[2][0]  # in queue order
         assert len(rig.service.jobs.watch) == 12 if rig.service else False
+        # Each step after the first ran ahead, in its thread, while the one before it was
+        # sent: every released device still gets its desired state.
+        await rig.until(lambda: all(rig.desired(e.device_id).get("target_version") == "2.4.1"
+                                    for e in executions), 10, "every desired state")
         # Everything released: no more ticks back to back while the 12 are in flight (a
         # cap-sized budget with nothing left to release once kept the engine spinning).
         assert rig.service is not None

@@ -832,6 +832,26 @@ def test_no_accepted_document_ever_exceeds_the_limits(
         assert depth_of(doc.reported) <= max_depth
 
 
+def test_one_validated_request_on_many_documents_stamps_each_second_anew() -> None:
+    """A request validated once (a release's desired state) is applied to many documents:
+    within a second they share its metadata stamps, a later second gets its own."""
+    request = validate_request({"state": {"desired": {"ota": {"v": "2.4.1"}, "x": 1}},
+                                "clientToken": "engine"})
+    a = shadow(reported={"fw": "2.2.0"}).apply_update(request, NOW)
+    b = shadow(desired={"y": 2}).apply_update(request, NOW)
+    later = a.document.apply_update(request, NOW + 5)
+    assert a.accepted["metadata"] is b.accepted["metadata"]
+    assert a.accepted["metadata"] == {"desired": {"ota": {"v": {"timestamp": NOW}},
+                                                  "x": {"timestamp": NOW}}}
+    assert later.accepted["metadata"] == {"desired": {"ota": {"v": {"timestamp": NOW + 5}},
+                                                      "x": {"timestamp": NOW + 5}}}
+    assert later.document.metadata["desired"]["x"] == {"timestamp": NOW + 5}
+    assert b.document.metadata["desired"]["y"] == {"timestamp": NOW}
+    # the same as the request applied without validating it first
+    plain = shadow(reported={"fw": "2.2.0"}).apply_update(dict(request), NOW)
+    assert (plain.accepted, plain.document.to_dict()) == (a.accepted, a.document.to_dict())
+
+
 @PROPS
 @given(st.lists(REQUESTS, min_size=1, max_size=12), st.integers(40, 400))
 def test_the_size_limit_is_decided_on_the_exact_merged_state(
