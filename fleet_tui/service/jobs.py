@@ -109,7 +109,8 @@ class TickResult:
     duration_s: float = 0.0
     release_left: int = 0  # of this tick's release cap; 0 with more to release: tick again
     more: bool = False  # a release was cut short by the cap
-    # (job, executions started, soak): watched once the tick's transaction is over
+    # (job, executions started, soak, desired OTA state per target release): watched once
+    # the tick's transaction is over
     to_watch: list[tuple[Any, Sequence[tuple[str, dict[str, Any] | None]], float,
                          dict[str, dict[str, Any]]]] = field(default_factory=list)
 

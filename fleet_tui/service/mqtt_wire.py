@@ -112,15 +112,14 @@ class _Sent:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x4000:  # a PUBLISH of up to 16 KiB: one or two bytes, per message of a run
+        return bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
-
-
-_LENGTHS = [_varint(n) for n in range(16384)]  # a PUBLISH's remaining length, 1-2 bytes
 
 
 def _refusal(m: Outgoing) -> tuple[bytes, bytes] | str:
@@ -151,7 +150,6 @@ def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -
     buf = bytearray()
     mids: list[int] = []
     props = b"\x00" if v5 else b""
-    lengths = _LENGTHS
     # Ids are drawn as paho's _mid_generate does, under its lock, but once per run.
     with paho._out_message_mutex, paho._mid_generate_mutex:
         mid = paho._last_mid
@@ -161,7 +159,7 @@ def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -
                     and topic_s.isascii() and 0 < len(topic_s) <= 65535 \
                     and "+" not in topic_s and "#" not in topic_s \
                     and len(payload) <= 268_435_455 - 65_542:
-                topic = topic_s.encode()  # the common case, checked without encoding twice
+                topic = topic_s.encode()  # _refusal's checks, inline for the common case
             else:
                 checked = _refusal(m)
                 if isinstance(checked, str):
@@ -181,8 +179,7 @@ def queue_publishes(paho: Any, messages: Sequence[Outgoing], v5: bool = False) -
             else:
                 head = props
                 buf.append(PUBLISH | (0x01 if retain else 0))
-            n = 2 + len(topic) + len(head) + len(payload)
-            buf += lengths[n] if n < 16384 else _varint(n)
+            buf += _varint(2 + len(topic) + len(head) + len(payload))
             buf += _MID.pack(len(topic))
             buf += topic
             buf += head
